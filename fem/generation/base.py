@@ -1,0 +1,96 @@
+"""The generation backend protocol: batched decoding from token-id prefixes with per-token statistics.
+
+A backend is what a proposal drives. It never knows which proposal, sampler or task it serves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence, runtime_checkable
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    """How the next token is drawn. ``temperature=0`` means greedy.
+
+    Defaults sample from the model's true distribution: ``top_k=0`` and ``top_p=1`` (transformers 5 would
+    otherwise apply ``top_k=50`` silently).
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+@dataclass
+class Continuation:
+    """One decoded continuation with per-token statistics (all lists have one entry per new token).
+
+    - ``logp``: raw base log-probability of the token (temperature 1, no top-k/top-p);
+    - ``logq``: log-probability under the sampling distribution actually used (temperature/top-k/top-p);
+    - ``entropy``: entropy of the base next-token distribution at that position (a function of the prefix);
+    - ``finished``: the continuation ended with an EOS token (which is included in ``token_ids``).
+    """
+
+    token_ids: list[int] = field(default_factory=list)
+    logp: list[float] = field(default_factory=list)
+    logq: list[float] = field(default_factory=list)
+    entropy: list[float] = field(default_factory=list)
+    finished: bool = False
+    stopped_early: bool = False
+
+
+@dataclass
+class DecodeStats:
+    """Work a backend call did: new tokens decoded, prefix tokens (re-)encoded, model forward passes."""
+
+    tokens_decoded: int = 0
+    tokens_encoded: int = 0
+    forward_passes: int = 0
+
+
+# Called after each decoded token of a row with (row index, continuation so far); returning True stops that
+# row (used for exact early rejection in power sampling).
+StopCallback = Callable[[int, Continuation], bool]
+
+
+@runtime_checkable
+class GenerationBackend(Protocol):
+    """What every backend (``hf``; ``vllm`` later) provides."""
+
+    eos_token_ids: frozenset[int]
+    vocab_size: int
+
+    def generate(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        params: SamplingParams,
+        max_new_tokens: int | Sequence[int],
+        *,
+        generator: torch.Generator | None = None,
+        stop_callback: StopCallback | None = None,
+    ) -> tuple[list[Continuation], DecodeStats]:
+        """Decode one continuation per prefix until EOS, the row's ``max_new_tokens`` or the callback."""
+        ...
+
+    def score(
+        self, prefixes: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]
+    ) -> list[list[float]]:
+        """Base log p (temperature 1) of each continuation token given its prefix."""
+        ...
+
+    def next_token_logprobs(self, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Base next-token log-probabilities after each prefix, shape ``[batch, vocab]`` (float32, CPU)."""
+        ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, token_ids: Sequence[int]) -> str: ...
+
+    def load_adapter(self, path: str) -> None:
+        """Load (or swap in) a LoRA adapter; later calls decode with it."""
+        ...
+
+    def unload_adapter(self) -> None: ...

