@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from fem import __version__
 from fem.configs import FEM_DATACLASSES

@@ -11,12 +11,13 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
-from fem.configs import FEM_DATACLASSES, Configs, mstep_config_class, model_config_class, validate_configs
+from fem.configs import FEM_DATACLASSES, Configs, model_config_class, mstep_config_class, validate_configs
 from fem.errors import ConfigError
 
 # Command-line shorthands documented in `fem eval --help`.
@@ -145,7 +146,7 @@ def parse_configs(argv: Sequence[str]) -> Configs:
     try:
         parsed = parser.parse_args_and_config(list(argv))
     except ConfigError as e:
-        raise e.in_file(recipe) if recipe else e
+        raise (e.in_file(recipe) if recipe else e) from None
     except ValueError as e:  # TRL / TrainingArguments validation
         raise ConfigError(str(e).splitlines()[0], file=recipe, fix="fix the value named in the message") from None
     task, proposal, estep, evalc, em, mstep, model = parsed[:7]
@@ -153,5 +154,5 @@ def parse_configs(argv: Sequence[str]) -> Configs:
     try:
         validate_configs(configs)
     except ConfigError as e:
-        raise e.in_file(recipe) if recipe else e
+        raise (e.in_file(recipe) if recipe else e) from None
     return configs

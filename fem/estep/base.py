@@ -1,0 +1,95 @@
+"""E-step records: one scored draw (a ``Sample``) and the ``Drawer`` that produces them for any scheme."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fem.proposals.base import Proposal, Trace
+from fem.tasks.base import Example, Prediction, Task
+
+PLAIN, HINTED = "plain", "hinted"
+
+
+@dataclass
+class Sample:
+    """One draw for one example, scored, with provenance; ``kept`` says whether the M-step trains on it."""
+
+    example: Example
+    origin: str  # plain | hinted: which prompt the rationale was drawn from
+    attempt: int
+    trace: Trace
+    prediction: Prediction
+    completion: str  # what the M-step trains on, under the plain prompt: rationale + cue + gold answer
+    kept: bool = False
+    reason: str | None = None  # why it was not kept
+    weight: float = 1.0
+
+    @property
+    def reward(self) -> float:
+        return self.prediction.reward
+
+    def record(self, *, round_index: int, scheme: str, proposal: str) -> dict[str, Any]:
+        """The JSON line written to ``round_K/samples.jsonl``."""
+        return {
+            "round": round_index,
+            "example_id": self.example.id,
+            "scheme": scheme,
+            "origin": self.origin,
+            "attempt": self.attempt,
+            "proposal": proposal,
+            "kept": self.kept,
+            "reason": self.reason,
+            "reward": self.reward,
+            "weight": self.weight,
+            "extracted": self.prediction.extracted,
+            "confidence": self.prediction.confidence,
+            "rationale": self.trace.text,
+            "completion": self.completion,
+            "trace": self.trace.summary(),
+        }
+
+
+class Drawer(Protocol):
+    """Draws ``n`` scored samples per example from the plain or the hinted prompt."""
+
+    def draw(self, examples: Sequence[Example], origin: str, n: int, *, seed: int) -> list[list[Sample]]: ...
+
+
+@dataclass
+class ProposalDrawer:
+    """The production drawer: task prompt -> token ids -> proposal traces -> task scoring."""
+
+    task: Task
+    proposal: Proposal
+    render: Callable[[Example, str], list[int]]  # (example, origin) -> prompt token ids
+    score: Callable[[Sequence[Example], Sequence[list[int]], Sequence[str]], list[Prediction]]
+    train_completion: Callable[[str, Example], str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def draw(self, examples: Sequence[Example], origin: str, n: int, *, seed: int) -> list[list[Sample]]:
+        prompts = [self.render(e, origin) for e in examples]
+        traces = self.proposal.propose(prompts, n, seed=seed)
+        flat_examples = [e for e, ts in zip(examples, traces) for _ in ts]
+        flat_prompts = [p for p, ts in zip(prompts, traces) for _ in ts]
+        flat_traces = [t for ts in traces for t in ts]
+        predictions = self.score(flat_examples, flat_prompts, [t.text for t in flat_traces])
+        out: list[list[Sample]] = [[] for _ in examples]
+        i = 0
+        for row, ts in enumerate(traces):
+            for attempt, trace in enumerate(ts):
+                pred = predictions[i]
+                pred.sample_index = attempt
+                out[row].append(
+                    Sample(
+                        example=examples[row],
+                        origin=origin,
+                        attempt=attempt,
+                        trace=trace,
+                        prediction=pred,
+                        completion=self.train_completion(trace.text, examples[row]),
+                    )
+                )
+                i += 1
+        return out

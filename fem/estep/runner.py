@@ -1,0 +1,158 @@
+"""Run one E-step over the training examples: chunked, sharded across processes, persisted as it goes, resumable.
+
+Examples are cut into fixed chunks; chunk ``c`` is drawn with a seed derived from (seed, round, c) by process
+``c % world_size``. Each finished chunk appends its samples and then one progress line; on resume, chunks
+without a progress line are redone from scratch (their partial samples are dropped), so a resumed E-step writes
+exactly what an uninterrupted one would, with no sample lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fem.estep.base import HINTED, PLAIN, Drawer
+from fem.estep.schemes import Scheme
+from fem.tasks.base import Example
+from fem.utils.distributed import World
+from fem.utils.io import JsonlWriter, atomic_write_text, read_jsonl
+from fem.utils.logging import get_logger
+from fem.utils.seeding import derive_seed
+
+logger = get_logger(__name__)
+
+SAMPLES = "samples.jsonl"
+PROGRESS = "estep_progress.jsonl"
+
+
+def _shard_name(name: str, world: World) -> str:
+    return name if world.size == 1 else name.replace(".jsonl", f".rank{world.rank}.jsonl")
+
+
+def _restore(samples_path: Path, progress_path: Path) -> set[int]:
+    """Chunks already finished; drops samples of unfinished chunks (a crash mid-chunk) from the samples file."""
+    progress = read_jsonl(progress_path, repair=True)
+    done = {int(p["chunk"]) for p in progress}
+    samples = read_jsonl(samples_path, repair=True)
+    keep = [s for s in samples if int(s["chunk"]) in done]
+    if len(keep) != len(samples):
+        logger.info("resume: dropping %d samples of unfinished chunks", len(samples) - len(keep))
+        atomic_write_text(samples_path, "".join(_line(s) for s in keep))
+    return done
+
+
+def _line(record: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(record, sort_keys=True, default=str) + "\n"
+
+
+def run_estep(
+    *,
+    round_index: int,
+    examples: Sequence[Example],
+    scheme: Scheme,
+    drawer: Drawer,
+    proposal_name: str,
+    round_dir: Path,
+    chunk_size: int,
+    seed: int,
+    world: World,
+    save_rejected: bool,
+    progress_bar: Any = None,
+) -> dict[str, float]:
+    """Draw, score and filter samples for ``examples``; returns the round's E-step metrics (on every rank)."""
+    round_dir.mkdir(parents=True, exist_ok=True)
+    samples_path = round_dir / _shard_name(SAMPLES, world)
+    progress_path = round_dir / _shard_name(PROGRESS, world)
+    done = _restore(samples_path, progress_path)
+    chunks = [list(examples[i : i + chunk_size]) for i in range(0, len(examples), chunk_size)]
+    mine = [c for c in range(len(chunks)) if c % world.size == world.rank and c not in done]
+    with JsonlWriter(samples_path) as samples_out, JsonlWriter(progress_path) as progress_out:
+        for c in mine:
+            start = time.perf_counter()
+            draws = scheme.run(chunks[c], drawer, seed=derive_seed(seed, "estep", round_index, c))
+            records, stats = [], _chunk_stats(draws)
+            for samples in draws:
+                for s in samples:
+                    if s.kept or save_rejected:
+                        record = s.record(round_index=round_index, scheme=scheme.name, proposal=proposal_name)
+                        records.append({**record, "chunk": c})
+            samples_out.write_many(records)
+            progress_out.write({"chunk": c, "time_s": time.perf_counter() - start, **stats})
+            if progress_bar is not None:
+                progress_bar.update(len(chunks[c]))
+    world.barrier()
+    if world.size > 1 and world.is_main:
+        _merge_shards(round_dir, world.size)
+    world.barrier()
+    return estep_metrics(round_dir, world.size, num_examples=len(examples))
+
+
+def _chunk_stats(draws: list[list]) -> dict[str, Any]:
+    stats: dict[str, Any] = defaultdict(float)
+    stats["examples"] = len(draws)
+    for samples in draws:
+        stats["examples_kept"] += any(s.kept for s in samples)
+        for s in samples:
+            stats["draws"] += 1
+            stats["kept"] += s.kept
+            stats[f"draws_{s.origin}"] += 1
+            stats[f"reward_sum_{s.origin}"] += s.reward
+            stats[f"kept_{s.origin}"] += s.kept
+            stats["tokens_decoded"] += s.trace.cost.tokens_decoded
+            stats["tokens_reencoded"] += s.trace.cost.tokens_reencoded
+            stats["unparsed"] += not s.prediction.parsed
+            if s.reason:
+                stats[f"rejected_{s.reason}"] += 1
+    return dict(stats)
+
+
+def _merge_shards(round_dir: Path, world_size: int) -> None:
+    """Gather every rank's samples into ``samples.jsonl`` in chunk order (deterministic whatever the world size)."""
+    samples, progress = [], []
+    for rank in range(world_size):
+        samples += read_jsonl(round_dir / SAMPLES.replace(".jsonl", f".rank{rank}.jsonl"))
+        progress += read_jsonl(round_dir / PROGRESS.replace(".jsonl", f".rank{rank}.jsonl"))
+    samples.sort(key=lambda s: (s["chunk"], s["example_id"], s["attempt"]))
+    progress.sort(key=lambda p: p["chunk"])
+    atomic_write_text(round_dir / SAMPLES, "".join(_line(s) for s in samples))
+    atomic_write_text(round_dir / PROGRESS, "".join(_line(p) for p in progress))
+
+
+def estep_metrics(round_dir: Path, world_size: int, *, num_examples: int) -> dict[str, float]:
+    """``estep/*`` metrics from the progress file(s)."""
+    names = [PROGRESS] if world_size == 1 else [PROGRESS.replace(".jsonl", f".rank{r}.jsonl") for r in range(world_size)]
+    total: dict[str, float] = defaultdict(float)
+    for name in names:
+        for p in read_jsonl(round_dir / name):
+            for k, v in p.items():
+                if k != "chunk":
+                    total[k] += v
+    n = max(num_examples, 1)
+    out = {
+        "estep/examples": num_examples,
+        "estep/acceptance_rate": total["examples_kept"] / n,
+        "estep/kept_samples": total["kept"],
+        "estep/samples_per_example": total["draws"] / n,
+        "estep/tokens_decoded": total["tokens_decoded"],
+        "estep/tokens_reencoded": total["tokens_reencoded"],
+        "estep/unparsed_rate": total["unparsed"] / max(total["draws"], 1),
+        "estep/time_s": total["time_s"],
+    }
+    for origin in (PLAIN, HINTED):
+        if total[f"draws_{origin}"]:
+            out[f"estep/reward_{origin}"] = total[f"reward_sum_{origin}"] / total[f"draws_{origin}"]
+            out[f"estep/kept_{origin}"] = total[f"kept_{origin}"]
+    for k, v in total.items():
+        if k.startswith("rejected_"):
+            out[f"estep/{k}"] = v
+    return out
+
+
+def kept_samples(round_dir: Path) -> list[dict[str, Any]]:
+    """The kept samples of a finished E-step, in file order."""
+    return [s for s in read_jsonl(round_dir / SAMPLES) if s["kept"]]

@@ -1,0 +1,235 @@
+"""The EM loop: for each round, E-step (draw, score, filter, persist) -> M-step (LoRA SFT) -> eval -> state.
+
+``EMRunner`` follows a recipe protocol: ``setup`` / ``run`` / ``run_round`` / ``evaluate`` / ``save_state``.
+Every phase's output is on disk before ``state.json`` says it is done, so a killed run resumes where it was:
+a finished round is never redone, a half-finished E-step keeps its finished chunks, an interrupted M-step or
+eval restarts.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fem.configs import Configs
+from fem.estep.runner import kept_samples, run_estep
+from fem.estep.schemes import build_scheme
+from fem.eval.evaluate import evaluate
+from fem.runtime import Runtime, build_runtime
+from fem.state import RunState
+from fem.utils.distributed import World, current_world
+from fem.utils.io import atomic_write_json, atomic_write_text, read_jsonl
+from fem.utils.logging import get_logger
+from fem.utils.run_info import run_record
+from fem.utils.seeding import derive_seed, seed_everything
+
+logger = get_logger(__name__)
+
+
+MSTEP_RESULT_KEYS = (
+    "seed", "learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "max_length", "lr_scheduler_type", "warmup_ratio", "weight_decay",
+)
+
+
+def run_config(configs: Configs) -> dict[str, Any]:
+    """The resolved config recorded in ``config.yaml`` and fingerprinted in ``state.json``."""
+    return {**configs.flat(), **{k: getattr(configs.mstep, k, None) for k in MSTEP_RESULT_KEYS}}
+
+
+def round_dir(output_dir: Path, round_index: int) -> Path:
+    return output_dir / f"round_{round_index:03d}"
+
+
+class EMRunner:
+    """Runs ``rounds`` EM rounds into ``output_dir``; safe to call again on the same dir to resume."""
+
+    def __init__(self, configs: Configs):
+        self.configs = configs
+        self.output_dir = Path(configs.mstep.output_dir)
+        self.seed = int(configs.mstep.seed)
+        self.world: World = current_world()
+        self.runtime: Runtime | None = None
+        self.state: RunState | None = None
+
+    # -- setup -------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        seed_everything(self.seed)
+        config = run_config(self.configs)
+        self.state = RunState.load_or_create(self.output_dir, config, overwrite=self.configs.em.overwrite_output_dir_contents)
+        if self.world.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            record = run_record(config, "fem train")
+            atomic_write_text(self.output_dir / "config.yaml", yaml.safe_dump(record, sort_keys=False))
+            self.state.save(self.output_dir)
+        self.world.barrier()
+        self.runtime = build_runtime(self.configs, self.world)
+        self.train_examples = self.runtime.task.load("train")
+        self.eval_examples = self.runtime.task.load("eval")
+        from fem.mstep.sft import check_eos
+
+        check_eos(self.runtime.tokenizer, self.runtime.backend.eos_token_ids)
+        if self.state.last_adapter:
+            self.runtime.backend.load_adapter(self.state.last_adapter)
+
+    # -- run ---------------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self.setup()
+        assert self.state is not None
+        ev = self.configs.eval
+        if ev.eval_before_training and not self.state.baseline_done:
+            metrics = self.evaluate(self.output_dir / "baseline")
+            self._append_metrics({"round": -1, **metrics})
+            self.state.baseline_done = True
+            self.save_state()
+        for k in range(self.configs.em.rounds):
+            if self.state.done(k, "eval"):
+                continue
+            self.run_round(k)
+        self.state.finished = True
+        self.save_state()
+        return self.state.__dict__
+
+    def run_round(self, k: int) -> None:
+        assert self.state is not None and self.runtime is not None
+        rdir = round_dir(self.output_dir, k)
+        metrics_path = rdir / "metrics.json"
+        metrics: dict[str, Any] = {"round": k}
+        if metrics_path.exists():
+            from fem.utils.io import read_json
+
+            metrics.update(read_json(metrics_path))
+        if not self.state.done(k, "estep"):
+            logger.info("round %d: E-step (%s, %s) on %d examples", k, self.configs.estep.scheme, self.configs.proposal.proposal, len(self.train_examples))
+            metrics.update(self.estep(k, rdir))
+            self._write_round_metrics(rdir, metrics)
+            self.state.mark(k, "estep")
+            self.save_state()
+        if not self.state.done(k, "mstep"):
+            metrics.update(self.mstep(k, rdir))
+            self._write_round_metrics(rdir, metrics)
+            self.state.mark(k, "mstep")
+            if (rdir / "adapter").exists():
+                self.state.last_adapter = str(rdir / "adapter")
+            self.save_state()
+        if self.configs.eval.eval_every_round or k == self.configs.em.rounds - 1:
+            logger.info("round %d: eval on %d examples", k, len(self.eval_examples))
+            metrics.update(self.evaluate(rdir / "eval"))
+        self._write_round_metrics(rdir, metrics)
+        self._append_metrics(metrics)
+        self.state.mark(k, "eval")
+        self.save_state()
+        summary = {key: metrics.get(key) for key in ("estep/acceptance_rate", "estep/kept_samples", "mstep/loss", "eval/accuracy")}
+        logger.info("round %d done: %s", k, summary)
+
+    # -- phases ------------------------------------------------------------------------------------------------
+    def estep(self, k: int, rdir: Path) -> dict[str, Any]:
+        assert self.runtime is not None
+        proposal = self.runtime.proposal()
+        start = time.perf_counter()
+        metrics = run_estep(
+            round_index=k,
+            examples=self.train_examples,
+            scheme=build_scheme(self.configs.estep),
+            drawer=self.runtime.drawer(proposal),
+            proposal_name=proposal.name,
+            round_dir=rdir,
+            chunk_size=self.configs.proposal.generation_batch_size,
+            seed=self.seed,
+            world=self.world,
+            save_rejected=self.configs.estep.save_rejected,
+        )
+        metrics["estep/wall_s"] = time.perf_counter() - start
+        return metrics
+
+    def mstep(self, k: int, rdir: Path) -> dict[str, Any]:
+        """Train this round's adapter on the kept samples (from the base model by default), save, verify, load it."""
+        from trl import get_peft_config
+
+        from fem.mstep.sft import train_adapter
+
+        assert self.runtime is not None and self.state is not None
+        by_id = {e.id: e for e in self.train_examples}
+        rows = [
+            {"prompt": self.runtime.plain_messages(by_id[s["example_id"]]), "completion": s["completion"], "weight": s["weight"]}
+            for s in kept_samples(rdir)
+        ]
+        previous = self.state.last_adapter
+        if not rows:
+            logger.warning("round %d: no kept samples; the M-step is skipped and the previous adapter kept", k)
+            if previous:
+                self._copy_adapter(previous, rdir / "adapter")
+            return {"mstep/samples": 0, "mstep/skipped": True}
+        logger.info("round %d: M-step on %d kept samples", k, len(rows))
+        self.runtime.backend.unload_adapter()
+        init = None if self.configs.em.restart_from_base else previous
+        metrics = train_adapter(
+            base_model=self.runtime.model,
+            tokenizer=self.runtime.tokenizer,
+            rows=rows,
+            args=self.configs.mstep,
+            peft_config=get_peft_config(self.configs.model),
+            adapter_dir=rdir / "adapter",
+            init_adapter=init,
+            weighted=self.configs.estep.reward_weighting,
+            seed=derive_seed(self.seed, "mstep", k) % (2**31),
+        )
+        self.world.barrier()
+        self.runtime.backend.load_adapter(str(rdir / "adapter"))
+        return metrics
+
+    def _copy_adapter(self, source: str, target: Path) -> None:
+        import shutil
+
+        if self.world.is_main:
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(source, target)
+        self.world.barrier()
+
+    def evaluate(self, out_dir: Path) -> dict[str, Any]:
+        assert self.runtime is not None
+        proposal = self.runtime.eval_proposal()
+        return evaluate(
+            task=self.runtime.task,
+            examples=self.eval_examples,
+            drawer=self.runtime.drawer(proposal),
+            proposal_name=proposal.name,
+            num_samples=self.configs.eval.num_samples,
+            seed=self.seed,
+            chunk_size=self.configs.proposal.generation_batch_size,
+            world=self.world,
+            out_dir=out_dir,
+        )
+
+    # -- state -------------------------------------------------------------------------------------------------
+    def save_state(self) -> None:
+        assert self.state is not None
+        if self.world.is_main:
+            self.state.save(self.output_dir)
+        self.world.barrier()
+
+    def _write_round_metrics(self, rdir: Path, metrics: dict[str, Any]) -> None:
+        if self.world.is_main:
+            atomic_write_json(rdir / "metrics.json", metrics)
+
+    def _append_metrics(self, metrics: dict[str, Any]) -> None:
+        """One line per round in ``metrics.jsonl`` (a resumed round replaces its earlier line)."""
+        if not self.world.is_main:
+            return
+        path = self.output_dir / "metrics.jsonl"
+        lines = [m for m in read_jsonl(path, repair=True) if m.get("round") != metrics.get("round")]
+        lines.append({k: v for k, v in metrics.items() if k != "mstep/loss_curve"})
+        atomic_write_text(path, "".join(_json_line(m) for m in sorted(lines, key=lambda m: m["round"])))
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(record, sort_keys=True, default=str) + "\n"
+
+
+__all__ = ["EMRunner", "round_dir", "run_config"]

@@ -1,0 +1,87 @@
+"""Saving and verifying LoRA adapters: never an empty file (the LoRA + ZeRO-3 failure TRL users hit)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from fem.errors import FemError
+from fem.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+class AdapterError(FemError):
+    """A saved adapter is missing, empty or unreadable."""
+
+
+def verify_adapter(path: str | Path) -> dict[str, Any]:
+    """Check an adapter dir holds a config and non-empty LoRA tensors; returns tensor count, values and sum |w|."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    weights, config = path / ADAPTER_WEIGHTS, path / ADAPTER_CONFIG
+    if not weights.is_file() or not config.is_file():
+        raise AdapterError(f"{path} lacks {ADAPTER_WEIGHTS} or {ADAPTER_CONFIG}", fix="re-run the M-step of this round")
+    json.loads(config.read_text())
+    tensors = load_file(str(weights))
+    numel = sum(t.numel() for t in tensors.values())
+    empty = [name for name, t in tensors.items() if t.numel() == 0]
+    if not tensors or numel == 0 or empty:
+        raise AdapterError(f"{weights} holds empty tensors ({len(empty)} of {len(tensors)})", fix="re-run the M-step (ZeRO-3 saves need a gathered state dict)")
+    return {
+        "tensors": len(tensors),
+        "values": int(numel),
+        "abs_sum": float(sum(t.float().abs().sum() for t in tensors.values())),
+    }
+
+
+def _gathered_save(trainer, out: Path) -> None:
+    """Save from a gathered full state dict (ZeRO-3 partitions parameters; a plain save writes empty tensors)."""
+    state_dict = trainer.accelerator.get_state_dict(trainer.deepspeed if trainer.deepspeed else trainer.model)
+    if trainer.accelerator.is_main_process:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.save_pretrained(str(out), state_dict=state_dict, safe_serialization=True)
+
+
+def save_adapter(trainer, adapter_dir: Path) -> dict[str, Any]:
+    """Save the trained adapter to ``adapter_dir`` atomically (a temp dir renamed into place) on every rank's
+    call (a ZeRO-3 save is a collective), and verify it; falls back to a gathered save when the first is empty."""
+    accelerator = trainer.accelerator
+    tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    accelerator.wait_for_everyone()
+    ok = True
+    if accelerator.is_main_process:
+        try:
+            verify_adapter(tmp)
+        except AdapterError as e:
+            logger.warning("adapter save was empty (%s); saving again from a gathered state dict", e)
+            ok = False
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        flag = [ok]
+        broadcast_object_list(flag, from_process=0)
+        ok = flag[0]
+    if not ok:
+        _gathered_save(trainer, tmp)
+        accelerator.wait_for_everyone()
+    stats: dict[str, Any] = {}
+    if accelerator.is_main_process:
+        stats = verify_adapter(tmp)
+        for extra in ("README.md", "training_args.bin"):
+            (tmp / extra).unlink(missing_ok=True)
+        if adapter_dir.exists():
+            shutil.rmtree(adapter_dir)
+        tmp.rename(adapter_dir)
+    accelerator.wait_for_everyone()
+    return stats

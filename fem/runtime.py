@@ -1,0 +1,89 @@
+"""What every command builds once: task, model, tokenizer, generation backend; and proposals/drawers on top."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from fem.configs import Configs
+from fem.estep.base import PLAIN, ProposalDrawer
+from fem.proposals.base import Proposal
+from fem.tasks.base import Example, Messages, Task
+from fem.utils.distributed import World
+from fem.utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+
+def with_system(messages: Messages, system_prompt: str | None) -> Messages:
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + list(messages)
+
+
+@dataclass
+class Runtime:
+    configs: Configs
+    task: Task
+    model: Any
+    tokenizer: Any
+    backend: Any
+    world: World
+
+    def plain_messages(self, example: Example) -> Messages:
+        return with_system(self.task.prompt(example), self.configs.task.system_prompt)
+
+    def messages(self, example: Example, origin: str) -> Messages:
+        prompt = self.task.prompt(example) if origin == PLAIN else self.task.hinted_prompt(example)
+        return with_system(prompt, self.configs.task.system_prompt)
+
+    def proposal(self, name: str | None = None, *, temperature: float | None = None) -> Proposal:
+        from fem.proposals import build_proposal
+
+        config = self.configs.proposal
+        if temperature is not None:
+            config = dataclasses.replace(config, temperature=temperature)
+        return build_proposal(config, self.backend, name=name or config.proposal)
+
+    def eval_proposal(self, name: str | None = None) -> Proposal:
+        """The evaluation proposal: ``eval_proposal`` (default ancestral) at ``eval_temperature``."""
+        return self.proposal(name or self.configs.eval.eval_proposal or "ancestral", temperature=self.configs.eval.eval_temperature)
+
+    def drawer(self, proposal: Proposal) -> ProposalDrawer:
+        from fem.tasks.answering import score_completions, training_completion
+        from fem.tasks.prompting import render_prompt
+
+        mode = self.configs.task.answer_mode
+
+        def render(example: Example, origin: str) -> list[int]:
+            return render_prompt(self.tokenizer, self.messages(example, origin))
+
+        def score(examples, prompts, completions):
+            return score_completions(self.task, self.backend, examples, completions, mode, prompt_ids=prompts)
+
+        return ProposalDrawer(
+            task=self.task,
+            proposal=proposal,
+            render=render,
+            score=score,
+            train_completion=lambda rationale, example: training_completion(self.task, rationale, example),
+        )
+
+
+def build_runtime(configs: Configs, world: World) -> Runtime:
+    """Load the task's data (validated), the model, the tokenizer and the generation backend."""
+    from fem.generation import build_backend
+    from fem.models import load_model_and_tokenizer
+    from fem.tasks import build_task
+
+    task = build_task(configs.task)
+    model_cfg = configs.model
+    logger.info("loading model %s", model_cfg.model_name_or_path)
+    model, tokenizer = load_model_and_tokenizer(
+        model_cfg.model_name_or_path,
+        gguf_file=configs.em.gguf_file,
+        dtype=model_cfg.dtype,
+        trust_remote_code=model_cfg.trust_remote_code,
+    )
+    model.to(world.device())
+    backend = build_backend(configs.em.backend, model, tokenizer)
+    return Runtime(configs=configs, task=task, model=model, tokenizer=tokenizer, backend=backend, world=world)

@@ -1,0 +1,69 @@
+"""``fem train``: validate everything first (``--dry_run`` stops there), then run or resume the EM loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fem.configs import Configs
+from fem.utils.logging import get_logger, is_main_process
+
+logger = get_logger(__name__)
+
+
+def validate_before_compute(configs: Configs) -> dict[str, Any]:
+    """Every check that needs no model: model source, task and proposal names, data files, output dir.
+    Returns the plan that ``--dry_run`` prints."""
+    from fem.models import resolve_model_source
+    from fem.proposals import check_proposal_name
+    from fem.state import check_output_dir
+    from fem.tasks import check_task_name, validate_task_data
+
+    model_source = resolve_model_source(configs.model.model_name_or_path, configs.em.gguf_file)
+    check_task_name(configs.task.task)
+    check_proposal_name(configs.proposal.proposal)
+    for name in filter(None, [configs.eval.eval_proposal, *configs.eval.proposal_list]):
+        check_proposal_name(name)
+    data = validate_task_data(configs.task)
+    output_dir = Path(configs.mstep.output_dir)
+    from fem.loop import run_config
+
+    status = check_output_dir(output_dir, run_config(configs), overwrite=configs.em.overwrite_output_dir_contents)
+    p = configs.proposal
+    proposal = p.proposal
+    if proposal == "power_mh":
+        proposal += f" (cut={p.power_cut}, alpha={p.power_alpha}, B={p.block_size}, T={p.max_new_tokens}, N={p.power_mh_steps})"
+    return {
+        "model": f"{configs.model.model_name_or_path} -> {model_source[0]}" + (f" [{model_source[1]}]" if model_source[1] else ""),
+        "task": f"{configs.task.task} (answer_mode={configs.task.answer_mode})",
+        "data": data,
+        "scheme": f"{configs.estep.scheme} (M={configs.estep.estep_samples}, keep<={configs.estep.estep_max_keep})",
+        "proposal": proposal,
+        "eval_proposal": configs.eval.eval_proposal or f"ancestral (temperature {configs.eval.eval_temperature})",
+        "rounds": configs.em.rounds,
+        "lora": f"r={configs.model.lora_r}, alpha={configs.model.lora_alpha}, targets={configs.model.lora_target_modules}",
+        "output_dir": f"{output_dir} ({status})",
+    }
+
+
+def print_plan(plan: dict[str, Any]) -> None:
+    print("fem train plan (dry run: no model loaded)")
+    for key, value in plan.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        print(f"  {key:<14} {value}")
+
+
+def train(configs: Configs) -> int:
+    plan = validate_before_compute(configs)
+    if configs.em.dry_run:
+        if is_main_process():
+            print_plan(plan)
+        return 0
+    from fem.loop import EMRunner
+
+    runner = EMRunner(configs)
+    runner.run()
+    if is_main_process():
+        print(f"fem train: finished {configs.em.rounds} round(s); outputs in {configs.mstep.output_dir}")
+    return 0
