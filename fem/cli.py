@@ -50,6 +50,8 @@ def _recipe_help(command: str) -> str:
         lines += ["Shorthands: --limit N (= --eval_limit), --num_samples k, --seed S, --adapter PATH, --proposals a,b."]
     if command == "train":
         lines += ["Add --dry_run to validate the recipe and its data files and print the plan without loading a model."]
+    if command == "sample":
+        lines += ["Options: --split train|eval (default eval), --out FILE.jsonl (default OUTPUT_DIR/samples.jsonl); num_samples draws per prompt."]
     for cls in FEM_DATACLASSES:
         lines += ["", (cls.__doc__ or cls.__name__).strip().lstrip("> ")]
         for f in dataclasses.fields(cls):
@@ -83,18 +85,20 @@ def _run_recipe_command(command: str, argv: list[str]) -> int:
         return 0
     from fem.recipe import parse_configs
 
+    if command == "sample":
+        from fem.sampling import pop_option, sample_command
+
+        split = pop_option(argv, "--split", "eval")
+        out = pop_option(argv, "--out")
+        return sample_command(parse_configs(argv), split=split, out=out)
     configs = parse_configs(argv)
     if command == "train":
         from fem.train import train
 
         return train(configs)
-    if command == "eval":
-        from fem.eval.evaluate import evaluate_command
+    from fem.eval.command import evaluate_command
 
-        return evaluate_command(configs)
-    from fem.sampling import sample_command
-
-    return sample_command(configs, argv)
+    return evaluate_command(configs)
 
 
 def _tasks(argv: list[str]) -> int:

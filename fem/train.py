@@ -11,7 +11,7 @@ from fem.utils.logging import get_logger, is_main_process
 logger = get_logger(__name__)
 
 
-def validate_before_compute(configs: Configs) -> dict[str, Any]:
+def validate_before_compute(configs: Configs, *, check_output: bool = True) -> dict[str, Any]:
     """Every check that needs no model: model source, task and proposal names, data files, output dir.
     Returns the plan that ``--dry_run`` prints."""
     from fem.models import resolve_model_source
@@ -28,7 +28,9 @@ def validate_before_compute(configs: Configs) -> dict[str, Any]:
     output_dir = Path(configs.mstep.output_dir)
     from fem.loop import run_config
 
-    status = check_output_dir(output_dir, run_config(configs), overwrite=configs.em.overwrite_output_dir_contents)
+    status = "not checked"
+    if check_output:
+        status = check_output_dir(output_dir, run_config(configs), overwrite=configs.em.overwrite_output_dir_contents)
     p = configs.proposal
     proposal = p.proposal
     if proposal == "power_mh":

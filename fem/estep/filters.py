@@ -8,7 +8,7 @@ import re
 # without the hint (it is trained under the plain prompt).
 LEAKAGE_PATTERN = re.compile(
     r"\b(hint|hinted|as (?:given|stated|provided|told)|(?:we|i) (?:are|am|were|was) (?:told|given)|"
-    r"(?:given|provided|stated|known) (?:correct )?(?:answer|verdict|label)|the (?:correct )?(?:answer|verdict) (?:is|was) "
+    r"(?:given|provided|stated|known) (?:the )?(?:correct )?(?:answer|verdict|label)|the (?:correct )?(?:answer|verdict) (?:is|was) "
     r"(?:given|provided|stated|said|known)|according to the (?:hint|prompt|question)|reference (?:answer|verdict))\b",
     re.IGNORECASE,
 )

@@ -1,0 +1,121 @@
+"""E-step schemes and filters with a scripted drawer: what is drawn from which prompt, and what is kept."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from fem.configs import EStepConfig
+from fem.estep.base import HINTED, PLAIN, Sample
+from fem.estep.filters import leaks_hint
+from fem.estep.runner import estep_metrics, kept_samples, run_estep
+from fem.estep.schemes import PPSScheme, RejectionScheme, StarScheme
+from fem.proposals.base import Cost, Trace
+from fem.tasks.base import Example, Prediction
+from fem.utils.distributed import World
+
+
+@dataclass
+class ScriptedDrawer:
+    """Draw ``a`` of example ``e`` from ``origin`` is correct iff ``correct(e, origin, a)``; texts are distinct
+    unless ``duplicate`` says otherwise. Records every call."""
+
+    correct: callable
+    text: callable = lambda e, origin, a: f"rationale {a} ({origin[0]}) for {e.id}"
+    calls: list = field(default_factory=list)
+
+    def draw(self, examples, origin, n, *, seed):
+        self.calls.append((origin, [e.id for e in examples], n, seed))
+        rng = random.Random(seed)
+        out = []
+        for e in examples:
+            samples = []
+            for a in range(n):
+                ok = self.correct(e, origin, a)
+                trace = Trace(token_ids=[1, 2], text=self.text(e, origin, a), logp=[-1.0, -1.0], cost=Cost(tokens_decoded=2))
+                pred = Prediction(example_id=e.id, completion=trace.text, extracted="x" if ok else None, reward=1.0 if ok else 0.0)
+                samples.append(Sample(example=e, origin=origin, attempt=a, trace=trace, prediction=pred, completion=trace.text + f" [{rng.random():.6f}]"))
+            out.append(samples)
+        return out
+
+
+EXAMPLES = [Example(id=f"ex{i}", answer=str(i)) for i in range(6)]
+
+
+def test_rejection_keeps_first_correct_then_up_to_k():
+    drawer = ScriptedDrawer(correct=lambda e, o, a: a >= 1)
+    draws = RejectionScheme(EStepConfig(scheme="rejection", estep_samples=4, estep_max_keep=1)).run(EXAMPLES, drawer, seed=0)
+    assert all([s.kept for s in d] == [False, True, False, False] for d in draws)
+    assert all(d[0].reason == "reward" and d[2].reason == "cap" for d in draws)
+    draws = RejectionScheme(EStepConfig(scheme="rejection", estep_samples=4, estep_max_keep=2)).run(EXAMPLES, drawer, seed=0)
+    assert all([s.kept for s in d] == [False, True, True, False] for d in draws)
+    assert {o for o, *_ in drawer.calls} == {PLAIN}
+
+
+def test_star_rationalizes_only_failing_examples_from_the_hinted_prompt():
+    # plain draws succeed for even examples only; hinted draws always succeed
+    drawer = ScriptedDrawer(correct=lambda e, o, a: o == HINTED or int(e.id[2:]) % 2 == 0)
+    draws = StarScheme(EStepConfig(scheme="star", estep_samples=2, estep_max_keep=1)).run(EXAMPLES, drawer, seed=0)
+    assert [c[0] for c in drawer.calls] == [PLAIN, HINTED]
+    assert drawer.calls[1][1] == ["ex1", "ex3", "ex5"]
+    for i, d in enumerate(draws):
+        kept = [s for s in d if s.kept]
+        assert len(kept) == 1
+        assert kept[0].origin == (PLAIN if i % 2 == 0 else HINTED)
+        assert [s.attempt for s in d] == list(range(len(d)))
+
+
+def test_pps_draws_only_from_the_hinted_prompt_and_filters_leakage():
+    drawer = ScriptedDrawer(
+        correct=lambda e, o, a: True,
+        text=lambda e, o, a: "We are told the answer is 3, so it is 3." if a == 0 else f"Reasoning {a} for {e.id}",
+    )
+    draws = PPSScheme(EStepConfig(scheme="pps", estep_samples=3, estep_max_keep=1, leakage_filter=True)).run(EXAMPLES, drawer, seed=0)
+    assert {c[0] for c in drawer.calls} == {HINTED}
+    assert all(d[0].reason == "leakage" and d[1].kept for d in draws)
+
+
+def test_dedupe_and_reward_weighting():
+    drawer = ScriptedDrawer(correct=lambda e, o, a: True, text=lambda e, o, a: "Same  text" if a < 2 else "other")
+    draws = RejectionScheme(EStepConfig(scheme="rejection", estep_samples=3, estep_max_keep=3, dedupe=True)).run(EXAMPLES[:1], drawer, seed=0)
+    assert [s.kept for s in draws[0]] == [True, False, True] and draws[0][1].reason == "duplicate"
+
+
+@pytest.mark.parametrize(
+    "text, leaks",
+    [
+        ("Since we are told the answer is B, B is right.", True),
+        ("The hint says 42.", True),
+        ("Given the correct answer, the sum is 5.", True),
+        ("First add 2 and 3 to get 5.", False),
+        ("Response A gives more detail than response B.", False),
+    ],
+)
+def test_leakage_filter(text, leaks):
+    assert leaks_hint(text) is leaks
+
+
+def test_runner_persists_chunks_and_resumes_without_loss_or_duplicates(tmp_path):
+    drawer = ScriptedDrawer(correct=lambda e, o, a: (a + int(e.id[2:])) % 3 == 0)
+    scheme = RejectionScheme(EStepConfig(scheme="rejection", estep_samples=3, estep_max_keep=2))
+    kwargs = dict(round_index=0, examples=EXAMPLES, scheme=scheme, drawer=drawer, proposal_name="scripted", chunk_size=2, seed=7, world=World(), save_rejected=False)
+    full = run_estep(round_dir=tmp_path / "full", **kwargs)
+    reference = kept_samples(tmp_path / "full")
+    assert full["estep/acceptance_rate"] == 1.0 and full["estep/samples_per_example"] == 3
+
+    # simulate a crash: only chunk 0 finished, chunk 1 wrote samples but no progress line, and a torn last line
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    lines = (tmp_path / "full" / "samples.jsonl").read_text().splitlines(keepends=True)
+    chunk_of = [int(__import__("json").loads(line)["chunk"]) for line in lines]
+    (crashed / "samples.jsonl").write_text("".join(line for line, c in zip(lines, chunk_of) if c <= 1) + '{"torn": ')
+    progress = (tmp_path / "full" / "estep_progress.jsonl").read_text().splitlines(keepends=True)
+    (crashed / "estep_progress.jsonl").write_text(progress[0])
+    drawer.calls.clear()
+    resumed = run_estep(round_dir=crashed, **kwargs)
+    assert [c[1] for c in drawer.calls] == [["ex2", "ex3"], ["ex4", "ex5"]]  # chunk 0 not redone
+    assert kept_samples(crashed) == reference
+    assert resumed["estep/kept_samples"] == full["estep/kept_samples"]
+    assert estep_metrics(crashed, 1, num_examples=6)["estep/acceptance_rate"] == 1.0
