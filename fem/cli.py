@@ -32,8 +32,9 @@ def _environment_defaults() -> None:
     """Settings that suit every run: one BLAS thread per process on CPU, no hub, quiet tokenizers."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not os.path.exists("/dev/nvidia0") else os.environ.get("DS_ACCELERATOR", "cuda"))
+    os.environ.setdefault(
+        "DS_ACCELERATOR", "cpu" if not os.path.exists("/dev/nvidia0") else os.environ.get("DS_ACCELERATOR", "cuda")
+    )
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
@@ -47,11 +48,17 @@ def _recipe_help(command: str) -> str:
         "Every recipe key can be overridden on the command line as --KEY VALUE.",
     ]
     if command == "eval":
-        lines += ["Shorthands: --limit N (= --eval_limit), --num_samples k, --seed S, --adapter PATH, --proposals a,b."]
+        lines += [
+            "Shorthands: --limit N (= --eval_limit), --num_samples k, --seed S, --adapter PATH, --proposals a,b."
+        ]
     if command == "train":
-        lines += ["Add --dry_run to validate the recipe and its data files and print the plan without loading a model."]
+        lines += [
+            "Add --dry_run to validate the recipe and its data files and print the plan without loading a model."
+        ]
     if command == "sample":
-        lines += ["Options: --split train|eval (default eval), --out FILE.jsonl (default OUTPUT_DIR/samples.jsonl); num_samples draws per prompt."]
+        lines += [
+            "Options: --split train|eval (default eval), --out FILE.jsonl (default OUTPUT_DIR/samples.jsonl); num_samples draws per prompt."
+        ]
     for cls in FEM_DATACLASSES:
         lines += ["", (cls.__doc__ or cls.__name__).strip().lstrip("> ")]
         for f in dataclasses.fields(cls):
@@ -167,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"fem: unknown command '{command}' -> use one of {', '.join(COMMANDS)} (fem --help)", file=sys.stderr)
         sys.exit(2)
     _environment_defaults()
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
     from fem.utils.logging import setup_logging
 
     setup_logging()

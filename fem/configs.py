@@ -29,25 +29,56 @@ def _check(condition: bool, field_name: str, message: str, fix: str) -> None:
 
 
 def _check_choice(value: str, choices: tuple[str, ...], field_name: str) -> None:
-    _check(value in choices, field_name, f"'{value}' is not one of {', '.join(choices)}", f"set {field_name} to one of {choices}")
+    _check(
+        value in choices,
+        field_name,
+        f"'{value}' is not one of {', '.join(choices)}",
+        f"set {field_name} to one of {choices}",
+    )
 
 
 @dataclass
 class TaskConfig:
     """> Parameters that choose the task and its data."""
 
-    task: str = field(default="gsm8k", metadata={"help": "Task name (see `fem tasks list`) or dotted path to a Task class."})
-    train_file: str | None = field(default=None, metadata={"help": "Training data file (JSONL/JSON/CSV/gz). Default: the task's shipped train split."})
-    eval_file: str | None = field(default=None, metadata={"help": "Evaluation data file. Default: the task's shipped eval split."})
-    task_fields: dict[str, str] | None = field(default=None, metadata={"help": "Map of task field -> column in your file, e.g. {prompt: question, label: label}."})
-    task_labels: dict[str, str] | None = field(default=None, metadata={"help": "Map of raw label value -> task label, e.g. {1: A, 2: B}."})
+    task: str = field(
+        default="gsm8k", metadata={"help": "Task name (see `fem tasks list`) or dotted path to a Task class."}
+    )
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "Training data file (JSONL/JSON/CSV/gz). Default: the task's shipped train split."},
+    )
+    eval_file: str | None = field(
+        default=None, metadata={"help": "Evaluation data file. Default: the task's shipped eval split."}
+    )
+    task_fields: dict[str, str] | None = field(
+        default=None,
+        metadata={"help": "Map of task field -> column in your file, e.g. {prompt: question, label: label}."},
+    )
+    task_labels: dict[str, str] | None = field(
+        default=None, metadata={"help": "Map of raw label value -> task label, e.g. {1: A, 2: B}."}
+    )
     train_limit: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
-    eval_limit: int | None = field(default=None, metadata={"help": "Use only the first N evaluation examples (`--limit` in `fem eval`)."})
-    prompt_template: str | None = field(default=None, metadata={"help": "Override the task's plain prompt: a Python format string or a path to a .txt/.jinja file."})
-    hinted_template: str | None = field(default=None, metadata={"help": "Override the task's hinted prompt (states the correct answer)."})
+    eval_limit: int | None = field(
+        default=None, metadata={"help": "Use only the first N evaluation examples (`--limit` in `fem eval`)."}
+    )
+    prompt_template: str | None = field(
+        default=None,
+        metadata={"help": "Override the task's plain prompt: a Python format string or a path to a .txt/.jinja file."},
+    )
+    hinted_template: str | None = field(
+        default=None, metadata={"help": "Override the task's hinted prompt (states the correct answer)."}
+    )
     system_prompt: str | None = field(default=None, metadata={"help": "System message placed before every prompt."})
-    answer_mode: str = field(default="generate", metadata={"help": "generate: the model writes the answer; forced: append the cue and read option probabilities."})
-    tie_policy: str = field(default="drop", metadata={"help": "Pairwise data with ties: drop them, or keep them as a third verdict."})
+    answer_mode: str = field(
+        default="generate",
+        metadata={
+            "help": "generate: the model writes the answer; forced: append the cue and read option probabilities."
+        },
+    )
+    tie_policy: str = field(
+        default="drop", metadata={"help": "Pairwise data with ties: drop them, or keep them as a third verdict."}
+    )
 
     def __post_init__(self) -> None:
         _check(bool(self.task), "task", "is empty", "name a task, e.g. task: gsm8k (see `fem tasks list`)")
@@ -55,57 +86,163 @@ class TaskConfig:
         _check_choice(self.tie_policy, TIE_POLICIES, "tie_policy")
         for name in ("train_limit", "eval_limit"):
             value = getattr(self, name)
-            _check(value is None or value >= 1, name, f"must be >= 1 (got {value})", f"remove {name} or set it to a positive count")
+            _check(
+                value is None or value >= 1,
+                name,
+                f"must be >= 1 (got {value})",
+                f"remove {name} or set it to a positive count",
+            )
         for name in ("task_fields", "task_labels"):
             value = getattr(self, name)
-            _check(value is None or isinstance(value, dict), name, f"must be a mapping (got {type(value).__name__})", f"write {name} as a YAML mapping, e.g. {{prompt: question}}")
+            _check(
+                value is None or isinstance(value, dict),
+                name,
+                f"must be a mapping (got {type(value).__name__})",
+                f"write {name} as a YAML mapping, e.g. {{prompt: question}}",
+            )
 
 
 @dataclass
 class ProposalConfig:
     """> Parameters of the proposal that draws each rationale (ancestral, power_mh, best_of_n, or a dotted path)."""
 
-    proposal: str = field(default="ancestral", metadata={"help": "ancestral | power_mh | best_of_n | a dotted path to your own Proposal class."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (0 = greedy) for ancestral / best_of_n draws."})
+    proposal: str = field(
+        default="ancestral",
+        metadata={"help": "ancestral | power_mh | best_of_n | a dotted path to your own Proposal class."},
+    )
+    temperature: float = field(
+        default=1.0, metadata={"help": "Sampling temperature (0 = greedy) for ancestral / best_of_n draws."}
+    )
     top_k: int = field(default=0, metadata={"help": "Top-k truncation (0 = off)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus truncation (1 = off)."})
     max_new_tokens: int = field(default=256, metadata={"help": "Response length cap (the horizon T of power_mh)."})
-    generation_batch_size: int = field(default=16, metadata={"help": "Sequences (or MH chains) decoded together in one batch."})
+    generation_batch_size: int = field(
+        default=16, metadata={"help": "Sequences (or MH chains) decoded together in one batch."}
+    )
     power_alpha: float = field(default=4.0, metadata={"help": "Power-sampling exponent alpha (target p^alpha)."})
-    power_block_size: int | None = field(default=None, metadata={"help": "Stage block size B (default max_new_tokens // 16)."})
+    power_block_size: int | None = field(
+        default=None, metadata={"help": "Stage block size B (default max_new_tokens // 16)."}
+    )
     power_mh_steps: int = field(default=10, metadata={"help": "MH steps N per stage."})
-    power_cut: str = field(default="entropy", metadata={"help": "Cut law: uniform (Karan & Du) or entropy (cut at next-token entropy jumps)."})
-    power_beta: float = field(default=4.0, metadata={"help": "Entropy-cut exponent beta: weights max(H_j - H_{j-1}, 0)^beta."})
-    power_epsilon: float = field(default=0.1, metadata={"help": "Mixture weight of the uniform cut in the entropy cut law (keeps the chain irreducible)."})
-    power_proposal_temperature: float | None = field(default=None, metadata={"help": "Suffix proposal temperature (default 1/alpha)."})
-    power_early_rejection: bool = field(default=True, metadata={"help": "Stop decoding a proposal once its rejection is certain (exact; needs temperature 1/alpha)."})
-    power_early_stop: bool = field(default=True, metadata={"help": "Return a trace once it ends with EOS after a stage (as the papers do; slightly favours short answers)."})
-    power_reference_compat: bool = field(default=False, metadata={"help": "Reproduce the published codes' kernel (cap at current length, suffix truncation). Biased; for comparison only."})
-    best_of_n: int = field(default=4, metadata={"help": "Draws per returned sample for best_of_n (highest mean base log p wins)."})
+    power_cut: str = field(
+        default="entropy",
+        metadata={"help": "Cut law: uniform (Karan & Du) or entropy (cut at next-token entropy jumps)."},
+    )
+    power_beta: float = field(
+        default=4.0, metadata={"help": "Entropy-cut exponent beta: weights max(H_j - H_{j-1}, 0)^beta."}
+    )
+    power_epsilon: float = field(
+        default=0.1,
+        metadata={"help": "Mixture weight of the uniform cut in the entropy cut law (keeps the chain irreducible)."},
+    )
+    power_proposal_temperature: float | None = field(
+        default=None, metadata={"help": "Suffix proposal temperature (default 1/alpha)."}
+    )
+    power_early_rejection: bool = field(
+        default=True,
+        metadata={
+            "help": "Stop decoding a proposal once its rejection is certain (exact; needs temperature 1/alpha)."
+        },
+    )
+    power_early_stop: bool = field(
+        default=True,
+        metadata={
+            "help": "Return a trace once it ends with EOS after a stage (as the papers do; slightly favours short answers)."
+        },
+    )
+    power_reference_compat: bool = field(
+        default=False,
+        metadata={
+            "help": "Reproduce the published codes' kernel (cap at current length, suffix truncation). Biased; for comparison only."
+        },
+    )
+    best_of_n: int = field(
+        default=4, metadata={"help": "Draws per returned sample for best_of_n (highest mean base log p wins)."}
+    )
 
     def __post_init__(self) -> None:
-        _check(bool(self.proposal), "proposal", "is empty", "set proposal: ancestral, power_mh, best_of_n or a dotted path")
-        _check(self.temperature >= 0, "temperature", f"must be >= 0 (got {self.temperature})", "use 0 for greedy or a positive temperature")
+        _check(
+            bool(self.proposal),
+            "proposal",
+            "is empty",
+            "set proposal: ancestral, power_mh, best_of_n or a dotted path",
+        )
+        _check(
+            self.temperature >= 0,
+            "temperature",
+            f"must be >= 0 (got {self.temperature})",
+            "use 0 for greedy or a positive temperature",
+        )
         _check(self.top_k >= 0, "top_k", f"must be >= 0 (got {self.top_k})", "use 0 to disable top-k")
-        _check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1] (got {self.top_p})", "use 1.0 to disable nucleus sampling")
-        _check(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1 (got {self.max_new_tokens})", "set a positive response length cap")
-        _check(self.generation_batch_size >= 1, "generation_batch_size", f"must be >= 1 (got {self.generation_batch_size})", "set a positive batch size")
-        _check(self.power_alpha > 0, "power_alpha", f"must be > 0 (got {self.power_alpha})", "use alpha > 1 to sharpen (the papers use 4)")
+        _check(
+            0 < self.top_p <= 1,
+            "top_p",
+            f"must be in (0, 1] (got {self.top_p})",
+            "use 1.0 to disable nucleus sampling",
+        )
+        _check(
+            self.max_new_tokens >= 1,
+            "max_new_tokens",
+            f"must be >= 1 (got {self.max_new_tokens})",
+            "set a positive response length cap",
+        )
+        _check(
+            self.generation_batch_size >= 1,
+            "generation_batch_size",
+            f"must be >= 1 (got {self.generation_batch_size})",
+            "set a positive batch size",
+        )
+        _check(
+            self.power_alpha > 0,
+            "power_alpha",
+            f"must be > 0 (got {self.power_alpha})",
+            "use alpha > 1 to sharpen (the papers use 4)",
+        )
         if self.power_block_size is not None:
-            _check(self.power_block_size >= 1, "power_block_size", f"must be >= 1 (got {self.power_block_size})", "set a positive block size or remove it")
+            _check(
+                self.power_block_size >= 1,
+                "power_block_size",
+                f"must be >= 1 (got {self.power_block_size})",
+                "set a positive block size or remove it",
+            )
             _check(
                 self.power_block_size <= self.max_new_tokens,
                 "power_block_size",
                 f"block size {self.power_block_size} exceeds the horizon max_new_tokens={self.max_new_tokens}",
                 "set power_block_size <= max_new_tokens (default max_new_tokens // 16)",
             )
-        _check(self.power_mh_steps >= 0, "power_mh_steps", f"must be >= 0 (got {self.power_mh_steps})", "set the MH steps per stage (the papers use 10)")
+        _check(
+            self.power_mh_steps >= 0,
+            "power_mh_steps",
+            f"must be >= 0 (got {self.power_mh_steps})",
+            "set the MH steps per stage (the papers use 10)",
+        )
         _check_choice(self.power_cut, CUTS, "power_cut")
-        _check(self.power_beta >= 0, "power_beta", f"must be >= 0 (got {self.power_beta})", "use beta >= 0 (the paper uses 4)")
-        _check(0 <= self.power_epsilon <= 1, "power_epsilon", f"must be in [0, 1] (got {self.power_epsilon})", "use a small mixture weight such as 0.1")
+        _check(
+            self.power_beta >= 0,
+            "power_beta",
+            f"must be >= 0 (got {self.power_beta})",
+            "use beta >= 0 (the paper uses 4)",
+        )
+        _check(
+            0 <= self.power_epsilon <= 1,
+            "power_epsilon",
+            f"must be in [0, 1] (got {self.power_epsilon})",
+            "use a small mixture weight such as 0.1",
+        )
         if self.power_proposal_temperature is not None:
-            _check(self.power_proposal_temperature > 0, "power_proposal_temperature", f"must be > 0 (got {self.power_proposal_temperature})", "remove it to use 1/alpha")
-        _check(self.best_of_n >= 1, "best_of_n", f"must be >= 1 (got {self.best_of_n})", "set the number of draws per returned sample")
+            _check(
+                self.power_proposal_temperature > 0,
+                "power_proposal_temperature",
+                f"must be > 0 (got {self.power_proposal_temperature})",
+                "remove it to use 1/alpha",
+            )
+        _check(
+            self.best_of_n >= 1,
+            "best_of_n",
+            f"must be >= 1 (got {self.best_of_n})",
+            "set the number of draws per returned sample",
+        )
 
     @property
     def block_size(self) -> int:
@@ -120,37 +257,85 @@ class ProposalConfig:
 class EStepConfig:
     """> Parameters of the E-step: which scheme draws rationales and what is kept."""
 
-    scheme: str = field(default="pps", metadata={"help": "rejection | star | pps (prompt posterior sampling: every draw sees the correct answer)."})
-    estep_samples: int = field(default=4, metadata={"help": "Draws per example (budget M). For star: plain draws before rationalization."})
-    estep_max_keep: int = field(default=1, metadata={"help": "Kept samples per example at most (k); 1 = keep the first correct."})
+    scheme: str = field(
+        default="pps",
+        metadata={"help": "rejection | star | pps (prompt posterior sampling: every draw sees the correct answer)."},
+    )
+    estep_samples: int = field(
+        default=4, metadata={"help": "Draws per example (budget M). For star: plain draws before rationalization."}
+    )
+    estep_max_keep: int = field(
+        default=1, metadata={"help": "Kept samples per example at most (k); 1 = keep the first correct."}
+    )
     reward_threshold: float = field(default=1.0, metadata={"help": "Keep samples whose reward is >= this value."})
-    reward_weighting: bool = field(default=False, metadata={"help": "Weight each kept sample's loss by its reward (graded rewards)."})
-    dedupe: bool = field(default=True, metadata={"help": "Drop kept rationales that repeat one already kept for the same example."})
-    leakage_filter: bool = field(default=True, metadata={"help": "Drop hinted rationales that mention being given the answer."})
-    save_rejected: bool = field(default=False, metadata={"help": "Also write rejected samples to samples.jsonl (kept: false)."})
+    reward_weighting: bool = field(
+        default=False, metadata={"help": "Weight each kept sample's loss by its reward (graded rewards)."}
+    )
+    dedupe: bool = field(
+        default=True, metadata={"help": "Drop kept rationales that repeat one already kept for the same example."}
+    )
+    leakage_filter: bool = field(
+        default=True, metadata={"help": "Drop hinted rationales that mention being given the answer."}
+    )
+    save_rejected: bool = field(
+        default=False, metadata={"help": "Also write rejected samples to samples.jsonl (kept: false)."}
+    )
 
     def __post_init__(self) -> None:
         _check_choice(self.scheme, SCHEMES, "scheme")
-        _check(self.estep_samples >= 1, "estep_samples", f"must be >= 1 (got {self.estep_samples})", "set the draw budget M per example to at least 1")
-        _check(self.estep_max_keep >= 1, "estep_max_keep", f"must be >= 1 (got {self.estep_max_keep})", "keep at least one sample per example")
-        _check(0 <= self.reward_threshold <= 1, "reward_threshold", f"must be in [0, 1] (got {self.reward_threshold})", "rewards lie in [0, 1]; use 1.0 for exact correctness")
+        _check(
+            self.estep_samples >= 1,
+            "estep_samples",
+            f"must be >= 1 (got {self.estep_samples})",
+            "set the draw budget M per example to at least 1",
+        )
+        _check(
+            self.estep_max_keep >= 1,
+            "estep_max_keep",
+            f"must be >= 1 (got {self.estep_max_keep})",
+            "keep at least one sample per example",
+        )
+        _check(
+            0 <= self.reward_threshold <= 1,
+            "reward_threshold",
+            f"must be in [0, 1] (got {self.reward_threshold})",
+            "rewards lie in [0, 1]; use 1.0 for exact correctness",
+        )
 
 
 @dataclass
 class EvalConfig:
     """> Parameters of evaluation (between rounds and in `fem eval`)."""
 
-    eval_proposal: str | None = field(default=None, metadata={"help": "Proposal used for evaluation (default: ancestral at eval_temperature)."})
+    eval_proposal: str | None = field(
+        default=None, metadata={"help": "Proposal used for evaluation (default: ancestral at eval_temperature)."}
+    )
     eval_temperature: float = field(default=0.0, metadata={"help": "Temperature of evaluation draws (0 = greedy)."})
     num_samples: int = field(default=1, metadata={"help": "Samples per eval prompt (pass@k / maj@k use them)."})
     eval_before_training: bool = field(default=True, metadata={"help": "Evaluate the base model before round 0."})
     eval_every_round: bool = field(default=True, metadata={"help": "Evaluate after every round's M-step."})
-    proposals: str | None = field(default=None, metadata={"help": "fem eval: comma-separated proposals compared side by side on the same prompts."})
-    adapter: str | None = field(default=None, metadata={"help": "fem eval: a LoRA adapter dir, or a finished training dir (its last round is used)."})
+    proposals: str | None = field(
+        default=None,
+        metadata={"help": "fem eval: comma-separated proposals compared side by side on the same prompts."},
+    )
+    adapter: str | None = field(
+        default=None,
+        metadata={"help": "fem eval: a LoRA adapter dir, or a finished training dir (its last round is used)."},
+    )
 
     def __post_init__(self) -> None:
-        _check(self.eval_temperature >= 0, "eval_temperature", f"must be >= 0 (got {self.eval_temperature})", "use 0 for greedy")
-        _check(self.num_samples >= 1, "num_samples", f"must be >= 1 (got {self.num_samples})", "set at least one sample per prompt")
+        _check(
+            self.eval_temperature >= 0,
+            "eval_temperature",
+            f"must be >= 0 (got {self.eval_temperature})",
+            "use 0 for greedy",
+        )
+        _check(
+            self.num_samples >= 1,
+            "num_samples",
+            f"must be >= 1 (got {self.num_samples})",
+            "set at least one sample per prompt",
+        )
 
     @property
     def proposal_list(self) -> list[str]:
@@ -162,11 +347,26 @@ class EMConfig:
     """> Parameters of the EM loop."""
 
     rounds: int = field(default=2, metadata={"help": "EM rounds (E-step, M-step, eval)."})
-    restart_from_base: bool = field(default=True, metadata={"help": "Train each round's adapter from the base model (ReST-EM/STaR); false continues from the last adapter."})
-    backend: str = field(default="hf", metadata={"help": "Generation backend: hf (vllm: GPU-only extra, not shipped yet)."})
-    gguf_file: str | None = field(default=None, metadata={"help": "GGUF file name inside model_name_or_path (set automatically for the smollm2 alias)."})
-    dry_run: bool = field(default=False, metadata={"help": "Validate the recipe and data, print the plan, load no model."})
-    overwrite_output_dir_contents: bool = field(default=False, metadata={"help": "Allow an output dir that holds a run with a different config (its files are replaced)."})
+    restart_from_base: bool = field(
+        default=True,
+        metadata={
+            "help": "Train each round's adapter from the base model (ReST-EM/STaR); false continues from the last adapter."
+        },
+    )
+    backend: str = field(
+        default="hf", metadata={"help": "Generation backend: hf (vllm: GPU-only extra, not shipped yet)."}
+    )
+    gguf_file: str | None = field(
+        default=None,
+        metadata={"help": "GGUF file name inside model_name_or_path (set automatically for the smollm2 alias)."},
+    )
+    dry_run: bool = field(
+        default=False, metadata={"help": "Validate the recipe and data, print the plan, load no model."}
+    )
+    overwrite_output_dir_contents: bool = field(
+        default=False,
+        metadata={"help": "Allow an output dir that holds a run with a different config (its files are replaced)."},
+    )
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "rounds", f"must be >= 1 (got {self.rounds})", "run at least one EM round")
@@ -224,6 +424,14 @@ def validate_configs(c: Configs) -> None:
             fix="set estep_max_keep <= estep_samples",
         )
     if c.proposal.power_reference_compat and c.proposal.proposal != "power_mh":
-        raise ConfigError("power_reference_compat only applies to proposal power_mh", field="power_reference_compat", fix="remove it or set proposal: power_mh")
+        raise ConfigError(
+            "power_reference_compat only applies to proposal power_mh",
+            field="power_reference_compat",
+            fix="remove it or set proposal: power_mh",
+        )
     if c.em.backend == "vllm":
-        raise ConfigError("the vllm backend is not shipped yet (it cannot be tested without a GPU here)", field="backend", fix="use backend: hf")
+        raise ConfigError(
+            "the vllm backend is not shipped yet (it cannot be tested without a GPU here)",
+            field="backend",
+            fix="use backend: hf",
+        )

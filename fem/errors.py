@@ -24,7 +24,7 @@ class FemError(Exception):
             text += f" -> {self.fix}"
         return text
 
-    def in_file(self, file: str) -> "FemError":
+    def in_file(self, file: str) -> FemError:
         """The same error, attributed to ``file`` if it names none yet."""
         if self.file is None:
             self.file = file

@@ -21,6 +21,7 @@ from fem.eval.evaluate import evaluate
 from fem.runtime import Runtime, build_runtime
 from fem.state import RunState
 from fem.utils.distributed import World, current_world
+from fem.utils.faults import crash_point
 from fem.utils.io import atomic_write_json, atomic_write_text, read_jsonl
 from fem.utils.logging import get_logger
 from fem.utils.run_info import run_record
@@ -30,8 +31,15 @@ logger = get_logger(__name__)
 
 
 MSTEP_RESULT_KEYS = (
-    "seed", "learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "max_length", "lr_scheduler_type", "warmup_ratio", "weight_decay",
+    "seed",
+    "learning_rate",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "lr_scheduler_type",
+    "warmup_ratio",
+    "weight_decay",
 )
 
 
@@ -59,7 +67,9 @@ class EMRunner:
     def setup(self) -> None:
         seed_everything(self.seed)
         config = run_config(self.configs)
-        self.state = RunState.load_or_create(self.output_dir, config, overwrite=self.configs.em.overwrite_output_dir_contents)
+        self.state = RunState.load_or_create(
+            self.output_dir, config, overwrite=self.configs.em.overwrite_output_dir_contents
+        )
         if self.world.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             record = run_record(config, "fem train")
@@ -91,7 +101,20 @@ class EMRunner:
             self.run_round(k)
         self.state.finished = True
         self.save_state()
+        self.write_report()
         return self.state.__dict__
+
+    def write_report(self) -> None:
+        """report.md and plots/ (a failure to plot never fails a finished run; `fem report` can retry)."""
+        if not self.world.is_main:
+            return
+        from fem.eval.report import build_report
+
+        try:
+            path = build_report(self.output_dir)
+            logger.info("report: %s", path)
+        except Exception as e:  # noqa: BLE001 - reporting is best effort after the results are on disk
+            logger.warning("could not build the report (%s); run `fem report %s` to retry", e, self.output_dir)
 
     def run_round(self, k: int) -> None:
         assert self.state is not None and self.runtime is not None
@@ -103,14 +126,22 @@ class EMRunner:
 
             metrics.update(read_json(metrics_path))
         if not self.state.done(k, "estep"):
-            logger.info("round %d: E-step (%s, %s) on %d examples", k, self.configs.estep.scheme, self.configs.proposal.proposal, len(self.train_examples))
+            logger.info(
+                "round %d: E-step (%s, %s) on %d examples",
+                k,
+                self.configs.estep.scheme,
+                self.configs.proposal.proposal,
+                len(self.train_examples),
+            )
             metrics.update(self.estep(k, rdir))
             self._write_round_metrics(rdir, metrics)
+            crash_point("loop.estep_done")
             self.state.mark(k, "estep")
             self.save_state()
         if not self.state.done(k, "mstep"):
             metrics.update(self.mstep(k, rdir))
             self._write_round_metrics(rdir, metrics)
+            crash_point("loop.mstep_done")
             self.state.mark(k, "mstep")
             if (rdir / "adapter").exists():
                 self.state.last_adapter = str(rdir / "adapter")
@@ -119,10 +150,14 @@ class EMRunner:
             logger.info("round %d: eval on %d examples", k, len(self.eval_examples))
             metrics.update(self.evaluate(rdir / "eval"))
         self._write_round_metrics(rdir, metrics)
+        crash_point("loop.eval_done")
         self._append_metrics(metrics)
         self.state.mark(k, "eval")
         self.save_state()
-        summary = {key: metrics.get(key) for key in ("estep/acceptance_rate", "estep/kept_samples", "mstep/loss", "eval/accuracy")}
+        summary = {
+            key: metrics.get(key)
+            for key in ("estep/acceptance_rate", "estep/kept_samples", "mstep/loss", "eval/accuracy")
+        }
         logger.info("round %d done: %s", k, summary)
 
     # -- phases ------------------------------------------------------------------------------------------------
@@ -134,7 +169,7 @@ class EMRunner:
             round_index=k,
             examples=self.train_examples,
             scheme=build_scheme(self.configs.estep),
-            drawer=self.runtime.drawer(proposal),
+            drawer=self.runtime.drawer(proposal, sample_answers=True),
             proposal_name=proposal.name,
             round_dir=rdir,
             chunk_size=self.configs.proposal.generation_batch_size,
@@ -154,7 +189,11 @@ class EMRunner:
         assert self.runtime is not None and self.state is not None
         by_id = {e.id: e for e in self.train_examples}
         rows = [
-            {"prompt": self.runtime.plain_messages(by_id[s["example_id"]]), "completion": s["completion"], "weight": s["weight"]}
+            {
+                "prompt": self.runtime.plain_messages(by_id[s["example_id"]]),
+                "completion": s["completion"],
+                "weight": s["weight"],
+            }
             for s in kept_samples(rdir)
         ]
         previous = self.state.last_adapter

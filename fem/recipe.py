@@ -46,18 +46,28 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"not UTF-8 text (byte {e.start})", file=str(path), fix="save the recipe as UTF-8 YAML") from None
+        raise ConfigError(
+            f"not UTF-8 text (byte {e.start})", file=str(path), fix="save the recipe as UTF-8 YAML"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"invalid YAML{where}: {problem}", file=str(path), fix="write plain YAML key: value pairs (Python object tags are not allowed)") from None
+        raise ConfigError(
+            f"invalid YAML{where}: {problem}",
+            file=str(path),
+            fix="write plain YAML key: value pairs (Python object tags are not allowed)",
+        ) from None
     if data is None:
         raise ConfigError("the recipe is empty", file=str(path), fix="add at least `task:` and `model_name_or_path:`")
     if not isinstance(data, dict):
-        raise ConfigError(f"the recipe must be a mapping of keys to values, not a {type(data).__name__}", file=str(path), fix="write one `key: value` per line")
+        raise ConfigError(
+            f"the recipe must be a mapping of keys to values, not a {type(data).__name__}",
+            file=str(path),
+            fix="write one `key: value` per line",
+        )
     return data
 
 
@@ -100,7 +110,9 @@ def check_recipe_keys(data: dict[str, Any], path: str) -> None:
     for key, value in data.items():
         if key in RESERVED_KEYS:
             if not isinstance(value, dict):
-                raise ConfigError("must be a mapping of environment variables", file=path, field=key, fix="write env: {NAME: value}")
+                raise ConfigError(
+                    "must be a mapping of environment variables", file=path, field=key, fix="write env: {NAME: value}"
+                )
             continue
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
@@ -120,7 +132,9 @@ def check_recipe_keys(data: dict[str, Any], path: str) -> None:
 def _raise_parse_error(message: str) -> typing.NoReturn:
     text = message.replace("argument ", "")
     field = text.split(":", 1)[0].split("/")[0].lstrip("-") if ":" in text else None
-    raise ConfigError(text.split(":", 1)[-1].strip() if field else text, field=field, fix="fix the command-line value (see --help)")
+    raise ConfigError(
+        text.split(":", 1)[-1].strip() if field else text, field=field, fix="fix the command-line value (see --help)"
+    )
 
 
 def find_config_path(argv: Sequence[str]) -> str | None:
@@ -150,7 +164,9 @@ def parse_configs(argv: Sequence[str]) -> Configs:
     except ValueError as e:  # TRL / TrainingArguments validation
         raise ConfigError(str(e).splitlines()[0], file=recipe, fix="fix the value named in the message") from None
     task, proposal, estep, evalc, em, mstep, model = parsed[:7]
-    configs = Configs(task=task, proposal=proposal, estep=estep, eval=evalc, em=em, mstep=mstep, model=model, recipe=recipe)
+    configs = Configs(
+        task=task, proposal=proposal, estep=estep, eval=evalc, em=em, mstep=mstep, model=model, recipe=recipe
+    )
     try:
         validate_configs(configs)
     except ConfigError as e:

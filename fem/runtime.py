@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +17,6 @@ from fem.utils.logging import get_logger
 logger = get_logger(__name__)
 
 
-def with_system(messages: Messages, system_prompt: str | None) -> Messages:
-    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + list(messages)
-
-
 @dataclass
 class Runtime:
     configs: Configs
@@ -30,11 +27,11 @@ class Runtime:
     world: World
 
     def plain_messages(self, example: Example) -> Messages:
-        return with_system(self.task.prompt(example), self.configs.task.system_prompt)
+        """The plain prompt (the task adds the recipe's system prompt)."""
+        return self.task.prompt(example)
 
     def messages(self, example: Example, origin: str) -> Messages:
-        prompt = self.task.prompt(example) if origin == PLAIN else self.task.hinted_prompt(example)
-        return with_system(prompt, self.configs.task.system_prompt)
+        return self.task.prompt(example) if origin == PLAIN else self.task.hinted_prompt(example)
 
     def proposal(self, name: str | None = None, *, temperature: float | None = None) -> Proposal:
         from fem.proposals import build_proposal
@@ -46,9 +43,13 @@ class Runtime:
 
     def eval_proposal(self, name: str | None = None) -> Proposal:
         """The evaluation proposal: ``eval_proposal`` (default ancestral) at ``eval_temperature``."""
-        return self.proposal(name or self.configs.eval.eval_proposal or "ancestral", temperature=self.configs.eval.eval_temperature)
+        return self.proposal(
+            name or self.configs.eval.eval_proposal or "ancestral", temperature=self.configs.eval.eval_temperature
+        )
 
-    def drawer(self, proposal: Proposal) -> ProposalDrawer:
+    def drawer(self, proposal: Proposal, *, sample_answers: bool = False) -> ProposalDrawer:
+        """Draw and score with ``proposal``. ``sample_answers`` (the E-step): in forced answer mode the verdict is
+        sampled from the model's option probabilities; otherwise (evaluation) it is their argmax."""
         from fem.tasks.answering import score_completions, training_completion
         from fem.tasks.prompting import render_prompt
 
@@ -57,8 +58,9 @@ class Runtime:
         def render(example: Example, origin: str) -> list[int]:
             return render_prompt(self.tokenizer, self.messages(example, origin))
 
-        def score(examples, prompts, completions):
-            return score_completions(self.task, self.backend, examples, completions, mode, prompt_ids=prompts)
+        def score(examples, prompts, completions, seed):
+            rng = random.Random(seed) if sample_answers else None
+            return score_completions(self.task, self.backend, examples, completions, mode, prompt_ids=prompts, rng=rng)
 
         return ProposalDrawer(
             task=self.task,
@@ -82,7 +84,7 @@ def build_runtime(configs: Configs, world: World) -> Runtime:
         model_cfg.model_name_or_path,
         gguf_file=configs.em.gguf_file,
         dtype=model_cfg.dtype,
-        trust_remote_code=model_cfg.trust_remote_code,
+        trust_remote_code=configs.mstep.trust_remote_code,
     )
     model.to(world.device())
     backend = build_backend(configs.em.backend, model, tokenizer)

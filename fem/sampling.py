@@ -75,10 +75,14 @@ def sample_command(configs: Configs, *, split: str, out: str | None) -> int:
             batch = examples[c * chunk : (c + 1) * chunk]
             prompts = [render_prompt(runtime.tokenizer, runtime.messages(e, PLAIN)) for e in batch]
             traces = proposal.propose(prompts, configs.eval.num_samples, seed=derive_seed(seed, "sample", c))
-            records = [trace_record(e.id, i, proposal.name, t) for e, ts in zip(batch, traces) for i, t in enumerate(ts)]
+            records = [
+                trace_record(e.id, i, proposal.name, t) for e, ts in zip(batch, traces) for i, t in enumerate(ts)
+            ]
             writer.write_many(records)
             tokens += sum(r["cost"]["tokens_decoded"] for r in records)
             count += len(records)
     wall = time.perf_counter() - start
-    print(f"fem sample: {count} traces from {len(examples)} prompts with {proposal.name} -> {path} ({tokens} tokens decoded, {tokens / max(wall, 1e-9):.1f} tok/s)")
+    print(
+        f"fem sample: {count} traces from {len(examples)} prompts with {proposal.name} -> {path} ({tokens} tokens decoded, {tokens / max(wall, 1e-9):.1f} tok/s)"
+    )
     return 0

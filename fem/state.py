@@ -60,7 +60,9 @@ class RunState:
         try:
             old = cls(**read_json(path))
         except (json.JSONDecodeError, TypeError, OSError) as e:
-            raise ConfigError(f"{path} is unreadable ({e})", field="output_dir", fix="choose a new output_dir or remove the old run") from None
+            raise ConfigError(
+                f"{path} is unreadable ({e})", field="output_dir", fix="choose a new output_dir or remove the old run"
+            ) from None
         if old.config_hash != new.config_hash and not overwrite:
             differs = sorted(k for k in set(old.config) | set(new.config) if old.config.get(k) != new.config.get(k))
             raise ConfigError(
@@ -75,7 +77,11 @@ def check_output_dir(output_dir: Path, config: dict[str, Any], *, overwrite: boo
     """For --dry_run: 'new', 'resume' or an error when the dir belongs to another config. Writes nothing."""
     if not (output_dir / STATE_FILE).exists():
         if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-            raise ConfigError(f"{output_dir} is not empty and holds no fem run", field="output_dir", fix="choose a new or empty output_dir")
+            raise ConfigError(
+                f"{output_dir} is not empty and holds no fem run",
+                field="output_dir",
+                fix="choose a new or empty output_dir",
+            )
         return "new"
     RunState.load_or_create(output_dir, config, overwrite=overwrite)
     return "resume"

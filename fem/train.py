@@ -23,7 +23,7 @@ def validate_before_compute(configs: Configs, *, check_output: bool = True) -> d
     check_task_name(configs.task.task)
     check_proposal_name(configs.proposal.proposal)
     for name in filter(None, [configs.eval.eval_proposal, *configs.eval.proposal_list]):
-        check_proposal_name(name)
+        check_proposal_name(name.partition(":")[0])  # power_mh:uniform selects a cut of power_mh
     data = validate_task_data(configs.task)
     output_dir = Path(configs.mstep.output_dir)
     from fem.loop import run_config
@@ -36,7 +36,8 @@ def validate_before_compute(configs: Configs, *, check_output: bool = True) -> d
     if proposal == "power_mh":
         proposal += f" (cut={p.power_cut}, alpha={p.power_alpha}, B={p.block_size}, T={p.max_new_tokens}, N={p.power_mh_steps})"
     return {
-        "model": f"{configs.model.model_name_or_path} -> {model_source[0]}" + (f" [{model_source[1]}]" if model_source[1] else ""),
+        "model": f"{configs.model.model_name_or_path} -> {model_source[0] if model_source[0] != configs.model.model_name_or_path else 'hub id or not-yet-existing path: resolved at load time'}"
+        + (f" [{model_source[1]}]" if model_source[1] else ""),
         "task": f"{configs.task.task} (answer_mode={configs.task.answer_mode})",
         "data": data,
         "scheme": f"{configs.estep.scheme} (M={configs.estep.estep_samples}, keep<={configs.estep.estep_max_keep})",
@@ -67,5 +68,5 @@ def train(configs: Configs) -> int:
     runner = EMRunner(configs)
     runner.run()
     if is_main_process():
-        print(f"fem train: finished {configs.em.rounds} round(s); outputs in {configs.mstep.output_dir}")
+        print(f"fem train: finished {configs.em.rounds} round(s); outputs in {runner.output_dir}")
     return 0

@@ -21,34 +21,66 @@ class MStepConfig(SFTConfig):
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs over the kept samples per M-step."})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "Per-device M-step batch size."})
     logging_steps: float = field(default=1, metadata={"help": "Log the loss every N steps."})
-    save_strategy: str = field(default="no", metadata={"help": "Trainer checkpoints inside an M-step (the EM loop saves adapters itself)."})
-    report_to: None | str | list[str] = field(default="none", metadata={"help": "none | tensorboard | wandb (passed to TRL)."})
+    save_strategy: str = field(
+        default="no", metadata={"help": "Trainer checkpoints inside an M-step (the EM loop saves adapters itself)."}
+    )
+    report_to: None | str | list[str] = field(
+        default="none", metadata={"help": "none | tensorboard | wandb (passed to TRL)."}
+    )
     bf16: bool | None = field(default=False, metadata={"help": "bf16 mixed precision (recommended on GPUs)."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory in the M-step."})
     max_length: int | None = field(default=1024, metadata={"help": "Truncate prompt+completion to this many tokens."})
-    use_cpu: bool = field(default=not torch.cuda.is_available(), metadata={"help": "Train on CPU (default when no GPU is present)."})
-    ddp_find_unused_parameters: bool | None = field(default=False, metadata={"help": "DDP setting (LoRA has no unused parameters)."})
+    use_cpu: bool = field(
+        default=not torch.cuda.is_available(), metadata={"help": "Train on CPU (default when no GPU is present)."}
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "DDP setting (LoRA has no unused parameters)."}
+    )
     disable_tqdm: bool | None = field(default=True, metadata={"help": "Hide the trainer's own progress bar."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.num_train_epochs <= 0:
-            raise ConfigError(f"must be > 0 (got {self.num_train_epochs})", field="num_train_epochs", fix="train at least a fraction of an epoch")
+            raise ConfigError(
+                f"must be > 0 (got {self.num_train_epochs})",
+                field="num_train_epochs",
+                fix="train at least a fraction of an epoch",
+            )
 
 
 @dataclass
 class FemModelConfig(ModelConfig):
     """> Parameters of the model and its LoRA adapter (all of ``trl.ModelConfig``)."""
 
-    model_name_or_path: str | None = field(default="smollm2-135m-instruct", metadata={"help": "A local HF folder, a .gguf file, or the alias smollm2-135m-instruct."})
+    model_name_or_path: str | None = field(
+        default="smollm2-135m-instruct",
+        metadata={"help": "A local HF folder, a .gguf file, or the alias smollm2-135m-instruct."},
+    )
     use_peft: bool = field(default=True, metadata={"help": "Train LoRA adapters (the M-step is LoRA-only for now)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    lora_target_modules: list[str] | None = field(default_factory=lambda: ["all-linear"], metadata={"help": "Modules to adapt (all-linear or a list)."})
+    lora_target_modules: list[str] | None = field(
+        default_factory=lambda: ["all-linear"], metadata={"help": "Modules to adapt (all-linear or a list)."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(self.lora_r >= 1, "lora_r", f"must be >= 1 (got {self.lora_r})", "use a LoRA rank such as 8 or 16")
-        _check(self.lora_alpha > 0, "lora_alpha", f"must be > 0 (got {self.lora_alpha})", "use e.g. lora_alpha = 2 * lora_r")
-        _check(not self.load_in_4bit and not self.load_in_8bit, "load_in_4bit", "quantised training is not supported yet", "remove load_in_4bit/load_in_8bit")
-        _check(bool(self.model_name_or_path), "model_name_or_path", "is empty", "name a local model folder, a .gguf file or smollm2-135m-instruct")
+        _check(
+            self.lora_alpha > 0,
+            "lora_alpha",
+            f"must be > 0 (got {self.lora_alpha})",
+            "use e.g. lora_alpha = 2 * lora_r",
+        )
+        _check(
+            not self.load_in_4bit and not self.load_in_8bit,
+            "load_in_4bit",
+            "quantised training is not supported yet",
+            "remove load_in_4bit/load_in_8bit",
+        )
+        _check(
+            bool(self.model_name_or_path),
+            "model_name_or_path",
+            "is empty",
+            "name a local model folder, a .gguf file or smollm2-135m-instruct",
+        )

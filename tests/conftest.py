@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -13,9 +12,6 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 import pytest  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-FEM = [sys.executable, "-m", "fem"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,11 +28,3 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from fem.testing.tiny import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny_model"))
-
-
-def run_fem(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 600):
-    """Run the fem CLI in a subprocess (the way a user does); returns the CompletedProcess."""
-    import subprocess
-
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([*FEM, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)

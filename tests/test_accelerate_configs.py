@@ -5,14 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 CONFIGS = sorted((ROOT / "accelerate_configs").glob("*.yaml"))
 
 
 def test_expected_configs_exist():
     names = {p.name for p in CONFIGS}
-    assert {"cpu_ddp.yaml", "single_gpu.yaml", "multi_gpu.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml"} <= names
+    assert {
+        "cpu_ddp.yaml",
+        "single_gpu.yaml",
+        "multi_gpu.yaml",
+        "deepspeed_zero2.yaml",
+        "deepspeed_zero3.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import ROOT, run_fem
+from helpers import ROOT, run_fem
 
 
 def test_top_level_help_lists_commands():

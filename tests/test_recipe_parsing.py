@@ -15,7 +15,10 @@ def write(tmp_path, text: str):
 
 
 def test_parse_flat_recipe_with_overrides(tmp_path):
-    path = write(tmp_path, "task: gsm8k\nscheme: star\nrounds: 3\nlearning_rate: 0.001\nlora_r: 4\noutput_dir: out\ntask_fields: {prompt: q}\n")
+    path = write(
+        tmp_path,
+        "task: gsm8k\nscheme: star\nrounds: 3\nlearning_rate: 0.001\nlora_r: 4\noutput_dir: out\ntask_fields: {prompt: q}\n",
+    )
     c = parse_configs(["--config", str(path), "--rounds", "5", "--power_cut", "uniform"])
     assert c.estep.scheme == "star" and c.em.rounds == 5 and c.proposal.power_cut == "uniform"
     assert c.mstep.learning_rate == 0.001 and c.model.lora_r == 4 and c.task.task_fields == {"prompt": "q"}
@@ -47,7 +50,9 @@ def test_bad_recipe_values_name_file_field_and_fix(tmp_path, text, field, hint):
     assert str(path) in line and field in line and hint in line and "\n" not in line and "->" in line
 
 
-@pytest.mark.parametrize("text", ["!!python/object/apply:os.system ['echo pwned']\n", "- a\n- b\n", "", "a: [unclosed\n"])
+@pytest.mark.parametrize(
+    "text", ["!!python/object/apply:os.system ['echo pwned']\n", "- a\n- b\n", "", "a: [unclosed\n"]
+)
 def test_unsafe_or_malformed_yaml_is_rejected(tmp_path, text):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
@@ -72,5 +77,7 @@ def test_field_names_are_unique_across_dataclasses():
         for f in dataclasses.fields(cls):
             if f.name in seen and seen[f.name] != cls.__name__:
                 # our dataclasses may override TRL ones only by subclassing, never by a clashing name
-                assert cls.__name__ in ("MStepConfig", "FemModelConfig"), f"{f.name} in {seen[f.name]} and {cls.__name__}"
+                assert cls.__name__ in ("MStepConfig", "FemModelConfig"), (
+                    f"{f.name} in {seen[f.name]} and {cls.__name__}"
+                )
             seen.setdefault(f.name, cls.__name__)

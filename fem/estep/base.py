@@ -64,7 +64,7 @@ class ProposalDrawer:
     task: Task
     proposal: Proposal
     render: Callable[[Example, str], list[int]]  # (example, origin) -> prompt token ids
-    score: Callable[[Sequence[Example], Sequence[list[int]], Sequence[str]], list[Prediction]]
+    score: Callable[[Sequence[Example], Sequence[list[int]], Sequence[str], int], list[Prediction]]  # (..., seed)
     train_completion: Callable[[str, Example], str]
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -74,7 +74,7 @@ class ProposalDrawer:
         flat_examples = [e for e, ts in zip(examples, traces) for _ in ts]
         flat_prompts = [p for p, ts in zip(prompts, traces) for _ in ts]
         flat_traces = [t for ts in traces for t in ts]
-        predictions = self.score(flat_examples, flat_prompts, [t.text for t in flat_traces])
+        predictions = self.score(flat_examples, flat_prompts, [t.text for t in flat_traces], seed)
         out: list[list[Sample]] = [[] for _ in examples]
         i = 0
         for row, ts in enumerate(traces):

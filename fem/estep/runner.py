@@ -18,6 +18,7 @@ from fem.estep.base import HINTED, PLAIN, Drawer
 from fem.estep.schemes import Scheme
 from fem.tasks.base import Example
 from fem.utils.distributed import World
+from fem.utils.faults import crash_point
 from fem.utils.io import JsonlWriter, atomic_write_text, read_jsonl
 from fem.utils.logging import get_logger
 from fem.utils.seeding import derive_seed
@@ -82,7 +83,9 @@ def run_estep(
                         record = s.record(round_index=round_index, scheme=scheme.name, proposal=proposal_name)
                         records.append({**record, "chunk": c})
             samples_out.write_many(records)
+            crash_point("estep.samples_written")
             progress_out.write({"chunk": c, "time_s": time.perf_counter() - start, **stats})
+            crash_point("estep.chunk_done")
             if progress_bar is not None:
                 progress_bar.update(len(chunks[c]))
     world.barrier()
@@ -125,7 +128,9 @@ def _merge_shards(round_dir: Path, world_size: int) -> None:
 
 def estep_metrics(round_dir: Path, world_size: int, *, num_examples: int) -> dict[str, float]:
     """``estep/*`` metrics from the progress file(s)."""
-    names = [PROGRESS] if world_size == 1 else [PROGRESS.replace(".jsonl", f".rank{r}.jsonl") for r in range(world_size)]
+    names = (
+        [PROGRESS] if world_size == 1 else [PROGRESS.replace(".jsonl", f".rank{r}.jsonl") for r in range(world_size)]
+    )
     total: dict[str, float] = defaultdict(float)
     for name in names:
         for p in read_jsonl(round_dir / name):

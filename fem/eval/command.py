@@ -14,7 +14,18 @@ from fem.utils.logging import get_logger
 
 logger = get_logger(__name__)
 
-REPORT_KEYS = ("accuracy", "ece", "brier", "unparsed_rate", "pass@1", "maj@k", "tokens_decoded", "wall_s", "tokens_per_s", "mean_logp")
+REPORT_KEYS = (
+    "accuracy",
+    "ece",
+    "brier",
+    "unparsed_rate",
+    "pass@1",
+    "maj@k",
+    "tokens_decoded",
+    "wall_s",
+    "tokens_per_s",
+    "mean_logp",
+)
 
 
 def resolve_adapter(path: str | None) -> str | None:
@@ -28,8 +39,16 @@ def resolve_adapter(path: str | None) -> str | None:
         last = read_json(p / "state.json").get("last_adapter")
         if last and (Path(last) / "adapter_config.json").is_file():
             return last
-        raise ConfigError(f"{p} holds a training run with no finished adapter yet", field="adapter", fix="finish a round first or name an adapter dir")
-    raise ConfigError(f"{p} is neither a LoRA adapter dir nor a fem training dir", field="adapter", fix="point --adapter to round_K/adapter or to a training output_dir")
+        raise ConfigError(
+            f"{p} holds a training run with no finished adapter yet",
+            field="adapter",
+            fix="finish a round first or name an adapter dir",
+        )
+    raise ConfigError(
+        f"{p} is neither a LoRA adapter dir nor a fem training dir",
+        field="adapter",
+        fix="point --adapter to round_K/adapter or to a training output_dir",
+    )
 
 
 def proposal_variants(configs: Configs) -> list[tuple[str, Any]]:
@@ -41,7 +60,11 @@ def proposal_variants(configs: Configs) -> list[tuple[str, Any]]:
         config = dataclasses.replace(configs.proposal, proposal=name)
         if cut:
             if name != "power_mh" or cut not in ("uniform", "entropy"):
-                raise ConfigError(f"'{label}' is not a proposal variant", field="proposals", fix="use e.g. ancestral,power_mh:uniform,power_mh:entropy")
+                raise ConfigError(
+                    f"'{label}' is not a proposal variant",
+                    field="proposals",
+                    fix="use e.g. ancestral,power_mh:uniform,power_mh:entropy",
+                )
             config = dataclasses.replace(config, power_cut=cut)
         variants.append((label, config))
     return variants
@@ -57,10 +80,20 @@ def comparison_table(results: dict[str, dict[str, Any]]) -> str:
     """A markdown table, one column per proposal, one row per metric present in any of them."""
     labels = list(results)
     keys = [k for k in REPORT_KEYS if any(f"eval/{k}" in m for m in results.values())]
-    keys += sorted({k[5:] for m in results.values() for k in m if k.startswith("eval/") and not isinstance(m[k], (dict, list, str))} - set(keys))
+    keys += sorted(
+        {
+            k[5:]
+            for m in results.values()
+            for k in m
+            if k.startswith("eval/") and not isinstance(m[k], (dict, list, str))
+        }
+        - set(keys)
+    )
     lines = ["| metric | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     for key in keys:
-        lines.append(f"| {key} | " + " | ".join(_fmt(results[label].get(f"eval/{key}", "")) for label in labels) + " |")
+        lines.append(
+            f"| {key} | " + " | ".join(_fmt(results[label].get(f"eval/{key}", "")) for label in labels) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -96,13 +129,23 @@ def evaluate_command(configs: Configs) -> int:
         def progress(n: int, records: list[dict[str, Any]], bar=bar) -> None:
             tokens = sum(r["trace"]["cost"]["tokens_decoded"] for r in records)
             bar.update(n)
-            bar.set_postfix(tok_s=f"{tokens / max(bar.format_dict['elapsed'], 1e-9):.0f}", reward=f"{sum(r['reward'] for r in records) / max(len(records), 1):.3f}")
+            bar.set_postfix(
+                tok_s=f"{tokens / max(bar.format_dict['elapsed'], 1e-9):.0f}",
+                reward=f"{sum(r['reward'] for r in records) / max(len(records), 1):.3f}",
+            )
 
         sub = out_dir / label.replace(":", "_")
         results[label] = evaluate(
-            task=runtime.task, examples=examples, drawer=runtime.drawer(proposal), proposal_name=label,
-            num_samples=configs.eval.num_samples, seed=seed, chunk_size=config.generation_batch_size,
-            world=world, out_dir=sub, progress=progress,
+            task=runtime.task,
+            examples=examples,
+            drawer=runtime.drawer(proposal),
+            proposal_name=label,
+            num_samples=configs.eval.num_samples,
+            seed=seed,
+            chunk_size=config.generation_batch_size,
+            world=world,
+            out_dir=sub,
+            progress=progress,
         )
         bar.close()
         if world.is_main:
@@ -111,9 +154,14 @@ def evaluate_command(configs: Configs) -> int:
         import json
 
         atomic_write_json(out_dir / "metrics.json", results)
-        atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in all_records))
+        atomic_write_text(
+            out_dir / "predictions.jsonl",
+            "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in all_records),
+        )
         table = comparison_table(results)
-        header = f"# fem eval: {configs.task.task}\n\nmodel: {configs.model.model_name_or_path}" + (f" + adapter {adapter}" if adapter else "")
+        header = f"# fem eval: {configs.task.task}\n\nmodel: {configs.model.model_name_or_path}" + (
+            f" + adapter {adapter}" if adapter else ""
+        )
         header += f"\nexamples: {len(examples)}, samples per prompt: {configs.eval.num_samples}, seed: {seed}\n\n"
         atomic_write_text(out_dir / "report.md", header + table + "\n")
         print(table)

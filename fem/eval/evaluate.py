@@ -97,7 +97,9 @@ def evaluate(
     return metrics
 
 
-def summarize(task: Task, examples: Sequence[Example], records: list[dict[str, Any]], *, wall_s: float, proposal_name: str) -> dict[str, Any]:
+def summarize(
+    task: Task, examples: Sequence[Example], records: list[dict[str, Any]], *, wall_s: float, proposal_name: str
+) -> dict[str, Any]:
     """Task metrics plus cost for a list of prediction records."""
     predictions = [_to_prediction(r) for r in records]
     task_metrics = task.metrics(predictions, list(examples))

@@ -5,8 +5,9 @@ A backend is what a proposal drives. It never knows which proposal, sampler or t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -75,9 +76,7 @@ class GenerationBackend(Protocol):
         """Decode one continuation per prefix until EOS, the row's ``max_new_tokens`` or the callback."""
         ...
 
-    def score(
-        self, prefixes: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]
-    ) -> list[list[float]]:
+    def score(self, prefixes: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> list[list[float]]:
         """Base log p (temperature 1) of each continuation token given its prefix."""
         ...
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fem.errors import FemError
+from fem.utils.faults import crash_point
 from fem.utils.logging import get_logger
 
 logger = get_logger(__name__)
@@ -27,13 +28,18 @@ def verify_adapter(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     weights, config = path / ADAPTER_WEIGHTS, path / ADAPTER_CONFIG
     if not weights.is_file() or not config.is_file():
-        raise AdapterError(f"{path} lacks {ADAPTER_WEIGHTS} or {ADAPTER_CONFIG}", fix="re-run the M-step of this round")
+        raise AdapterError(
+            f"{path} lacks {ADAPTER_WEIGHTS} or {ADAPTER_CONFIG}", fix="re-run the M-step of this round"
+        )
     json.loads(config.read_text())
     tensors = load_file(str(weights))
     numel = sum(t.numel() for t in tensors.values())
     empty = [name for name, t in tensors.items() if t.numel() == 0]
     if not tensors or numel == 0 or empty:
-        raise AdapterError(f"{weights} holds empty tensors ({len(empty)} of {len(tensors)})", fix="re-run the M-step (ZeRO-3 saves need a gathered state dict)")
+        raise AdapterError(
+            f"{weights} holds empty tensors ({len(empty)} of {len(tensors)})",
+            fix="re-run the M-step (ZeRO-3 saves need a gathered state dict)",
+        )
     return {
         "tensors": len(tensors),
         "values": int(numel),
@@ -80,6 +86,7 @@ def save_adapter(trainer, adapter_dir: Path) -> dict[str, Any]:
         stats = verify_adapter(tmp)
         for extra in ("README.md", "training_args.bin"):
             (tmp / extra).unlink(missing_ok=True)
+        crash_point("mstep.adapter_saved")
         if adapter_dir.exists():
             shutil.rmtree(adapter_dir)
         tmp.rename(adapter_dir)

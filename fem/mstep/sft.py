@@ -10,14 +10,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from fem.errors import ConfigError
 from fem.mstep.adapters import save_adapter
+from fem.utils.faults import crash_point
 from fem.utils.logging import get_logger
 
 logger = get_logger(__name__)
+
+
+class CrashPointCallback(TrainerCallback):
+    """Fault injection inside the M-step (``FEM_CRASH_AT=mstep.step#N`` dies after optimizer step N)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        crash_point("mstep.step")
 
 
 class WeightedSFTTrainer(SFTTrainer):
@@ -58,7 +67,9 @@ def check_eos(tokenizer, eos_token_ids: Sequence[int]) -> None:
     ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
     if hasattr(ids, "tolist"):
         ids = ids.tolist()
-    prompt_len = len(tokenizer.apply_chat_template(messages[:1], tokenize=True, add_generation_prompt=True, return_dict=False))
+    prompt_len = len(
+        tokenizer.apply_chat_template(messages[:1], tokenize=True, add_generation_prompt=True, return_dict=False)
+    )
     if not any(t in eos_token_ids for t in ids[prompt_len:]):
         raise ConfigError(
             "the chat template does not end an assistant turn with an EOS token the model stops on",
@@ -77,7 +88,10 @@ def build_dataset(rows: Sequence[dict[str, Any]], tokenizer, weighted: bool):
         if conversational:
             record = {"prompt": row["prompt"], "completion": [{"role": "assistant", "content": row["completion"]}]}
         else:
-            record = {"prompt": "\n\n".join(m["content"] for m in row["prompt"]) + "\n", "completion": row["completion"]}
+            record = {
+                "prompt": "\n\n".join(m["content"] for m in row["prompt"]) + "\n",
+                "completion": row["completion"],
+            }
         if weighted:
             record["weight"] = float(row["weight"])
         records.append(record)
@@ -101,8 +115,11 @@ def train_adapter(
     The base model is copied, so the generation backend's model is never touched. ``args`` is the run's one
     ``MStepConfig`` (never replaced: a second TrainingArguments would reset accelerate's distributed state).
     Returns ``mstep/*`` metrics and the loss curve."""
+    from datasets import disable_progress_bars
     from peft import PeftModel
-    from transformers import set_seed
+    from transformers import PrinterCallback, set_seed
+
+    disable_progress_bars()
 
     set_seed(seed)
     model = copy.deepcopy(base_model)
@@ -117,7 +134,11 @@ def train_adapter(
     args.remove_unused_columns = not weighted
     trainer_cls = WeightedSFTTrainer if weighted else SFTTrainer
     extra = {"data_collator": WeightedCollator(tokenizer.pad_token_id)} if weighted else {}
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config, **extra)
+    trainer = trainer_cls(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config, **extra
+    )
+    trainer.remove_callback(PrinterCallback)  # the loss curve goes to round metrics and report_to, not stdout
+    trainer.add_callback(CrashPointCallback())
     result = trainer.train()
     save_adapter(trainer, adapter_dir)
     history = [h for h in trainer.state.log_history if "loss" in h]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass
@@ -17,7 +18,7 @@ class Cost:
     mh_accepts: int = 0
     wall_s: float = 0.0
 
-    def __add__(self, other: "Cost") -> "Cost":
+    def __add__(self, other: Cost) -> Cost:
         return Cost(**{k: getattr(self, k) + getattr(other, k) for k in asdict(self)})
 
     def to_dict(self) -> dict[str, float]:
@@ -67,5 +68,6 @@ class Proposal(Protocol):
 
     name: str
 
-    def propose(self, prompts: Sequence[Sequence[int]], num_samples: int = 1, *, seed: int = 0) -> list[list[Trace]]:
-        ...
+    def propose(
+        self, prompts: Sequence[Sequence[int]], num_samples: int = 1, *, seed: int = 0
+    ) -> list[list[Trace]]: ...

@@ -48,8 +48,11 @@ def build_tiny_tokenizer(vocab_size: int = 512):
     )
 
 
-def build_tiny_model(tokenizer, *, hidden_size: int = 64, num_layers: int = 2, seed: int = 0):
-    """A randomly initialised Llama (about 100k parameters) matching ``tokenizer``."""
+def build_tiny_model(
+    tokenizer, *, hidden_size: int = 64, num_layers: int = 2, seed: int = 0, initializer_range: float = 0.2
+):
+    """A randomly initialised Llama (about 100k parameters) matching ``tokenizer``. ``initializer_range`` is larger
+    than Llama's 0.02 so that LoRA alone (which cannot rescale the tied embeddings) can make confident predictions."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -65,6 +68,7 @@ def build_tiny_model(tokenizer, *, hidden_size: int = 64, num_layers: int = 2, s
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)

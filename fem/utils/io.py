@@ -9,6 +9,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from fem.utils.faults import crash_point
+
 
 def _fsync_dir(path: Path) -> None:
     try:
@@ -31,6 +33,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        crash_point(f"write.{path.name}")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

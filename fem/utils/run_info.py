@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 from importlib import metadata
@@ -33,4 +34,5 @@ def git_sha() -> str | None:
 
 def run_record(config: dict[str, Any], command: str) -> dict[str, Any]:
     """The contents of ``config.yaml``: the resolved config plus provenance."""
-    return {"command": command, "config": config, "versions": library_versions(), "git_sha": git_sha()}
+    plain = json.loads(json.dumps(config, default=str))  # enums and paths as plain strings (safe YAML)
+    return {"command": command, "config": plain, "versions": library_versions(), "git_sha": git_sha()}

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 SCRIPT = """
 from accelerate import PartialState
 state = PartialState(cpu=True)
 import torch.distributed as dist
-print(f"rank={state.process_index} world={state.num_processes} backend={dist.get_backend() if dist.is_initialized() else None}")
+print(f"rank={state.process_index} world={state.num_processes} backend={dist.get_backend() if dist.is_initialized() else None}", flush=True)
 """
 
 
@@ -23,12 +24,20 @@ def test_cpu_ddp_config_launches_two_processes(tmp_path):
     script.write_text(SCRIPT)
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     out = subprocess.run(
-        [accelerate, "launch", "--config_file", str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port", "0", str(script)],
+        [
+            accelerate,
+            "launch",
+            "--config_file",
+            str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"),
+            "--main_process_port",
+            "0",
+            str(script),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    lines = sorted(line for line in out.stdout.splitlines() if line.startswith("rank="))
+    lines = sorted(re.findall(r"rank=\d world=\d backend=\w+", out.stdout))
     assert lines == ["rank=0 world=2 backend=gloo", "rank=1 world=2 backend=gloo"]

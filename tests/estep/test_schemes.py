@@ -34,9 +34,22 @@ class ScriptedDrawer:
             samples = []
             for a in range(n):
                 ok = self.correct(e, origin, a)
-                trace = Trace(token_ids=[1, 2], text=self.text(e, origin, a), logp=[-1.0, -1.0], cost=Cost(tokens_decoded=2))
-                pred = Prediction(example_id=e.id, completion=trace.text, extracted="x" if ok else None, reward=1.0 if ok else 0.0)
-                samples.append(Sample(example=e, origin=origin, attempt=a, trace=trace, prediction=pred, completion=trace.text + f" [{rng.random():.6f}]"))
+                trace = Trace(
+                    token_ids=[1, 2], text=self.text(e, origin, a), logp=[-1.0, -1.0], cost=Cost(tokens_decoded=2)
+                )
+                pred = Prediction(
+                    example_id=e.id, completion=trace.text, extracted="x" if ok else None, reward=1.0 if ok else 0.0
+                )
+                samples.append(
+                    Sample(
+                        example=e,
+                        origin=origin,
+                        attempt=a,
+                        trace=trace,
+                        prediction=pred,
+                        completion=trace.text + f" [{rng.random():.6f}]",
+                    )
+                )
             out.append(samples)
         return out
 
@@ -46,10 +59,14 @@ EXAMPLES = [Example(id=f"ex{i}", answer=str(i)) for i in range(6)]
 
 def test_rejection_keeps_first_correct_then_up_to_k():
     drawer = ScriptedDrawer(correct=lambda e, o, a: a >= 1)
-    draws = RejectionScheme(EStepConfig(scheme="rejection", estep_samples=4, estep_max_keep=1)).run(EXAMPLES, drawer, seed=0)
+    draws = RejectionScheme(EStepConfig(scheme="rejection", estep_samples=4, estep_max_keep=1)).run(
+        EXAMPLES, drawer, seed=0
+    )
     assert all([s.kept for s in d] == [False, True, False, False] for d in draws)
     assert all(d[0].reason == "reward" and d[2].reason == "cap" for d in draws)
-    draws = RejectionScheme(EStepConfig(scheme="rejection", estep_samples=4, estep_max_keep=2)).run(EXAMPLES, drawer, seed=0)
+    draws = RejectionScheme(EStepConfig(scheme="rejection", estep_samples=4, estep_max_keep=2)).run(
+        EXAMPLES, drawer, seed=0
+    )
     assert all([s.kept for s in d] == [False, True, True, False] for d in draws)
     assert {o for o, *_ in drawer.calls} == {PLAIN}
 
@@ -72,14 +89,18 @@ def test_pps_draws_only_from_the_hinted_prompt_and_filters_leakage():
         correct=lambda e, o, a: True,
         text=lambda e, o, a: "We are told the answer is 3, so it is 3." if a == 0 else f"Reasoning {a} for {e.id}",
     )
-    draws = PPSScheme(EStepConfig(scheme="pps", estep_samples=3, estep_max_keep=1, leakage_filter=True)).run(EXAMPLES, drawer, seed=0)
+    draws = PPSScheme(EStepConfig(scheme="pps", estep_samples=3, estep_max_keep=1, leakage_filter=True)).run(
+        EXAMPLES, drawer, seed=0
+    )
     assert {c[0] for c in drawer.calls} == {HINTED}
     assert all(d[0].reason == "leakage" and d[1].kept for d in draws)
 
 
 def test_dedupe_and_reward_weighting():
     drawer = ScriptedDrawer(correct=lambda e, o, a: True, text=lambda e, o, a: "Same  text" if a < 2 else "other")
-    draws = RejectionScheme(EStepConfig(scheme="rejection", estep_samples=3, estep_max_keep=3, dedupe=True)).run(EXAMPLES[:1], drawer, seed=0)
+    draws = RejectionScheme(EStepConfig(scheme="rejection", estep_samples=3, estep_max_keep=3, dedupe=True)).run(
+        EXAMPLES[:1], drawer, seed=0
+    )
     assert [s.kept for s in draws[0]] == [True, False, True] and draws[0][1].reason == "duplicate"
 
 
@@ -100,7 +121,17 @@ def test_leakage_filter(text, leaks):
 def test_runner_persists_chunks_and_resumes_without_loss_or_duplicates(tmp_path):
     drawer = ScriptedDrawer(correct=lambda e, o, a: (a + int(e.id[2:])) % 3 == 0)
     scheme = RejectionScheme(EStepConfig(scheme="rejection", estep_samples=3, estep_max_keep=2))
-    kwargs = dict(round_index=0, examples=EXAMPLES, scheme=scheme, drawer=drawer, proposal_name="scripted", chunk_size=2, seed=7, world=World(), save_rejected=False)
+    kwargs = dict(
+        round_index=0,
+        examples=EXAMPLES,
+        scheme=scheme,
+        drawer=drawer,
+        proposal_name="scripted",
+        chunk_size=2,
+        seed=7,
+        world=World(),
+        save_rejected=False,
+    )
     full = run_estep(round_dir=tmp_path / "full", **kwargs)
     reference = kept_samples(tmp_path / "full")
     assert full["estep/acceptance_rate"] == 1.0 and full["estep/samples_per_example"] == 3

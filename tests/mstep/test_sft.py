@@ -12,7 +12,11 @@ import torch
 from fem.errors import ConfigError
 
 ROWS = [
-    {"prompt": [{"role": "user", "content": f"what is {a} + {b}?"}], "completion": f"{a} + {b} = {a + b}. The answer is {a + b}", "weight": 1.0}
+    {
+        "prompt": [{"role": "user", "content": f"what is {a} + {b}?"}],
+        "completion": f"{a} + {b} = {a + b}. The answer is {a + b}",
+        "weight": 1.0,
+    }
     for a in range(4)
     for b in range(3)
 ]
@@ -21,7 +25,14 @@ ROWS = [
 def make_args(tmp_path: Path, **overrides):
     from fem.configs import mstep_config_class
 
-    values = dict(output_dir=str(tmp_path / "run"), num_train_epochs=2, per_device_train_batch_size=4, learning_rate=5e-3, report_to="none", seed=0)
+    values = dict(
+        output_dir=str(tmp_path / "run"),
+        num_train_epochs=2,
+        per_device_train_batch_size=4,
+        learning_rate=5e-3,
+        report_to="none",
+        seed=0,
+    )
     values.update(overrides)
     return mstep_config_class()(**values)
 
@@ -49,8 +60,15 @@ def test_lora_trains_adapter_only_and_reloads(tiny, tmp_path):
     model, tokenizer = tiny
     before = {k: v.clone() for k, v in model.state_dict().items()}
     metrics = train_adapter(
-        base_model=model, tokenizer=tokenizer, rows=ROWS, args=make_args(tmp_path), peft_config=peft_config(),
-        adapter_dir=tmp_path / "adapter", init_adapter=None, weighted=False, seed=0,
+        base_model=model,
+        tokenizer=tokenizer,
+        rows=ROWS,
+        args=make_args(tmp_path),
+        peft_config=peft_config(),
+        adapter_dir=tmp_path / "adapter",
+        init_adapter=None,
+        weighted=False,
+        seed=0,
     )
     assert metrics["mstep/steps"] > 0 and metrics["mstep/loss"] > 0 and metrics["mstep/loss_curve"]
     # the backend's base model is untouched
@@ -78,7 +96,14 @@ def test_weighted_loss_matches_stock_loss_with_unit_weights(tiny, tmp_path):
         args = make_args(tmp_path / str(weighted), max_steps=1, remove_unused_columns=not weighted)
         cls = WeightedSFTTrainer if weighted else SFTTrainer
         extra = {"data_collator": WeightedCollator(tokenizer.pad_token_id)} if weighted else {}
-        trainer = cls(model=copy.deepcopy(model), args=args, train_dataset=build_dataset(ROWS, tokenizer, weighted), processing_class=tokenizer, peft_config=peft_config(), **extra)
+        trainer = cls(
+            model=copy.deepcopy(model),
+            args=args,
+            train_dataset=build_dataset(ROWS, tokenizer, weighted),
+            processing_class=tokenizer,
+            peft_config=peft_config(),
+            **extra,
+        )
         batch = next(iter(trainer.get_train_dataloader()))
         with torch.no_grad():
             losses.append(float(trainer.compute_loss(trainer.model, dict(batch))))
@@ -91,11 +116,22 @@ def test_zero_weight_removes_a_sample(tiny, tmp_path):
     model, tokenizer = tiny
     rows = [dict(ROWS[0], weight=1.0), dict(ROWS[5], weight=0.0)]
     args = make_args(tmp_path, max_steps=1, remove_unused_columns=False, per_device_train_batch_size=2)
-    trainer = WeightedSFTTrainer(model=copy.deepcopy(model), args=args, train_dataset=build_dataset(rows, tokenizer, True), processing_class=tokenizer, peft_config=peft_config(), data_collator=WeightedCollator(tokenizer.pad_token_id))
+    trainer = WeightedSFTTrainer(
+        model=copy.deepcopy(model),
+        args=args,
+        train_dataset=build_dataset(rows, tokenizer, True),
+        processing_class=tokenizer,
+        peft_config=peft_config(),
+        data_collator=WeightedCollator(tokenizer.pad_token_id),
+    )
     batch = dict(next(iter(trainer.get_train_dataloader())))
     batch_only_first = {k: v[batch["weight"] > 0] for k, v in batch.items()}
     with torch.no_grad():
-        both = float(trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=(batch["labels"][batch["weight"] > 0] != -100).sum()))
+        both = float(
+            trainer.compute_loss(
+                trainer.model, dict(batch), num_items_in_batch=(batch["labels"][batch["weight"] > 0] != -100).sum()
+            )
+        )
         first = float(trainer.compute_loss(trainer.model, batch_only_first))
     assert both == pytest.approx(first, rel=1e-5)
 

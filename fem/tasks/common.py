@@ -1,0 +1,192 @@
+"""``DataTask``: the shared machinery of the shipped tasks (sources, splits, field mapping, templates, limits)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from fem.configs import TaskConfig
+from fem.errors import DataError
+
+from .base import Example, Messages
+from .loading import Record, Source, check_unique_ids, hash_split, load_records
+from .prompting import Template, load_template, shipped_template, with_system
+
+SPLITS = ("train", "eval")
+SPLIT_ALIASES = {
+    "train": "train",
+    "eval": "eval",
+    "test": "eval",
+    "validation": "eval",
+    "valid": "eval",
+    "dev": "eval",
+}
+
+
+def normalize_split(split: str) -> str:
+    """ "train" or "eval" ("test", "validation", "valid", "dev" are aliases of "eval")."""
+    try:
+        return SPLIT_ALIASES[split.lower()]
+    except KeyError:
+        raise DataError(f"unknown split '{split}'", field="split", fix="use train or eval") from None
+
+
+class DataTask:
+    """A task read from data files. Subclasses set the class attributes and implement ``make_example``,
+    ``extract``, ``reward``, ``answer_text``, ``options`` and ``metrics``."""
+
+    name: ClassVar[str] = ""
+    answer_cue: ClassVar[str] = ""
+    answer_markers: ClassVar[tuple[str, ...]] = ()  # texts that start an answer: a rationale is cut before the first
+    forced_stop: ClassVar[str] = "\n"  # forced mode, open answers: greedy decoding after the cue stops here
+    forced_max_new_tokens: ClassVar[int] = 48
+    sources: ClassVar[Mapping[str, Source]] = {}
+    required_fields: ClassVar[tuple[str, ...]] = ()
+    allow_empty: ClassVar[tuple[str, ...]] = ()  # required fields that may hold an empty string
+    label_field: ClassVar[str | None] = None
+    allowed_labels: ClassVar[tuple[str, ...]] = ()
+    plain_template: ClassVar[str] = ""
+    hinted_template: ClassVar[str] = ""
+
+    def __init__(self, config: TaskConfig | None = None):
+        self.config = config if config is not None else TaskConfig(task=self.name)
+        self._plain: Template = (
+            load_template(self.config.prompt_template, "prompt_template")
+            if self.config.prompt_template
+            else shipped_template(self.plain_template)
+        )
+        self._hinted: Template = (
+            load_template(self.config.hinted_template, "hinted_template")
+            if self.config.hinted_template
+            else shipped_template(self.hinted_template)
+        )
+
+    # ----- data -------------------------------------------------------------------------------------------
+    def user_file(self, split: str) -> str | None:
+        return self.config.train_file if normalize_split(split) == "train" else self.config.eval_file
+
+    def files(self, split: str) -> list[str]:
+        """The files that split reads (the user's file, or the shipped ones; empty when there is none)."""
+        split = normalize_split(split)
+        user = self.user_file(split)
+        if user:
+            return [user]
+        source = self.sources.get(split)
+        return [str(p) for p in source.paths()] if source else []
+
+    def field_map(self, split: str) -> dict[str, str]:
+        source = self.sources.get(split) or self.sources.get("eval") or next(iter(self.sources.values()), None)
+        fields = dict(source.fields) if source else {}
+        if self.user_file(split) and self.config.task_fields:
+            fields.update({str(k): str(v) for k, v in self.config.task_fields.items()})
+        return fields
+
+    def label_map(self, split: str) -> Mapping[Any, Any] | None:
+        if self.user_file(split) and self.config.task_labels:
+            return self.config.task_labels
+        source = self.sources.get(split) or self.sources.get("eval")
+        return source.labels if source else None
+
+    def read_records(self, split: str) -> list[Record]:
+        """Validated canonical records of a split (all rows of the user's file, or the shipped split)."""
+        split = normalize_split(split)
+        user = self.user_file(split)
+        fields, labels = self.field_map(split), self.label_map(split)
+        kwargs = dict(
+            label_field=self.label_field,
+            labels=labels,
+            allowed_labels=self.allowed_labels or None,
+            allow_empty=self.allow_empty,
+        )
+        if user:
+            return load_records(Path(user).expanduser(), fields, self.required_fields, **kwargs)
+        source = self.sources.get(split)
+        if source is None:
+            which = "train_file" if split == "train" else "eval_file"
+            raise DataError(
+                f"task '{self.name}' ships no {split} split",
+                field=which,
+                fix=f"set {which}: to your own file (fields: {', '.join(self.required_fields)}), see `fem tasks list`",
+            )
+        records: list[Record] = []
+        for path in source.paths():
+            for record in load_records(path, fields, self.required_fields, **kwargs):
+                if source.select is not None and not source.select(record):
+                    continue
+                if (
+                    source.split_key is not None
+                    and hash_split(record.get(source.split_key), source.eval_fraction, self.name) != split
+                ):
+                    continue
+                records.append(record)
+        return records
+
+    def load(self, split: str) -> list[Example]:
+        """Examples of ``split`` ("train" or "eval"), truncated to train_limit / eval_limit."""
+        split = normalize_split(split)
+        examples = [ex for ex in (self.make_example(r, split) for r in self.read_records(split)) if ex is not None]
+        files = self.files(split)
+        check_unique_ids([e.id for e in examples], files[0] if files else self.name)
+        if not examples:
+            raise DataError(
+                f"split '{split}' of task '{self.name}' has no usable examples",
+                file=files[0] if files else None,
+                fix="check the file and the tie_policy",
+            )
+        limit = self.config.train_limit if split == "train" else self.config.eval_limit
+        return examples[:limit] if limit else examples
+
+    def make_example(self, record: Record, split: str) -> Example | None:
+        raise NotImplementedError
+
+    def example_id(self, record: Record, prefix: str | None = None) -> str:
+        """The record's own id when the file maps one, else ``<file stem>-<row index>`` (stable for a fixed file)."""
+        own = record.get("id")
+        if own is not None:
+            return str(own)
+        stem = prefix or Path(str(record.get("_file", self.name))).name.split(".")[0]
+        return f"{stem}-{record['_index']:05d}"
+
+    # ----- prompts ----------------------------------------------------------------------------------------
+    def template_fields(self, example: Example) -> dict[str, Any]:
+        return {k: v for k, v in example.fields.items() if not k.startswith("_")}
+
+    def hint_text(self, example: Example) -> str:
+        """The correct answer as stated in the hinted prompt."""
+        return self.answer_text(example).strip()
+
+    def prompt(self, example: Example) -> Messages:
+        return with_system(
+            [{"role": "user", "content": self._plain.render(self.template_fields(example))}], self.config.system_prompt
+        )
+
+    def hinted_prompt(self, example: Example) -> Messages:
+        values = {**self.template_fields(example), "hint": self.hint_text(example)}
+        return with_system([{"role": "user", "content": self._hinted.render(values)}], self.config.system_prompt)
+
+    # ----- answers ----------------------------------------------------------------------------------------
+    def answer_text(self, example: Example) -> str:
+        raise NotImplementedError
+
+    def option_text(self, option: str) -> str:
+        """How an option is written right after the cue (forced mode reads the first token of this)."""
+        return option
+
+    def wrong_answer_text(self, example: Example) -> str:
+        """A deliberately wrong answer written after the cue (used by ``fem tasks check``)."""
+        raise NotImplementedError
+
+    def options(self, example: Example) -> list[str] | None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "train_files": self.files("train"), "eval_files": self.files("eval")}
+
+
+def group_by_example(predictions: Sequence[Any]) -> dict[str, list[Any]]:
+    """Predictions grouped by example id, each group sorted by sample index."""
+    groups: dict[str, list[Any]] = {}
+    for p in predictions:
+        groups.setdefault(p.example_id, []).append(p)
+    return {k: sorted(v, key=lambda p: p.sample_index) for k, v in groups.items()}

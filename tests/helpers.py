@@ -1,0 +1,17 @@
+"""Helpers shared by the test modules (importable because pyproject sets pytest's pythonpath to tests/)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FEM = [sys.executable, "-m", "fem"]
+
+
+def run_fem(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the fem CLI in a subprocess (the way a user does)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([*FEM, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)

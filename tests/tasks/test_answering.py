@@ -1,0 +1,127 @@
+import pytest
+
+from fem.configs import TaskConfig
+from fem.tasks import build_task
+from fem.tasks.answering import cut_rationale, score_completions, training_completion
+from fem.tasks.base import Example
+from fem.tasks.prompting import render_prompt
+
+
+def judge_example(answer="A"):
+    return Example(id="j1", answer=answer, fields={"prompt": "p", "response_a": "a", "response_b": "b"})
+
+
+def test_forced_closed_reads_option_probabilities(fake_backend):
+    task = build_task(TaskConfig(task="judge", answer_mode="forced"))
+    backend = fake_backend(prefer={"A": 2.0, "B": 1.0})
+    completion = "Response A answers the question. Verdict: B\nConfidence: 99%"
+    preds = score_completions(
+        task,
+        backend,
+        [judge_example("A"), judge_example("B")],
+        [completion, "short"],
+        "forced",
+        prompt_ids=[[1, 2], [1, 2]],
+    )
+    import math
+
+    p_a = math.exp(2) / (math.exp(2) + math.exp(1))
+    assert preds[0].extracted == "A" and preds[0].reward == 1.0
+    assert preds[0].confidence == pytest.approx(p_a)
+    assert preds[1].extracted == "A" and preds[1].reward == 0.0
+    # the model's own "Verdict: B" was cut: the query ends with the rationale, the cue and the shared space
+    assert backend.decode(backend.queries[0][2:]) == "Response A answers the question.\n\nVerdict: "
+    assert preds[0].info["rationale"] == "Response A answers the question."
+
+
+def test_forced_closed_choice(fake_backend):
+    task = build_task(TaskConfig(task="arc"))
+    ex = Example(id="c", answer="C", fields={"question": "q", "choices": ["w", "x", "y", "z"]})
+    [pred] = score_completions(
+        task, fake_backend(prefer={"C": 3.0}), [ex], ["Because y. The answer is (A)"], "forced", prompt_ids=[[5]]
+    )
+    assert pred.extracted == "C" and pred.reward == 1.0 and pred.confidence > 0.8
+
+
+def test_forced_open_greedy_to_stop(fake_backend):
+    task = build_task(TaskConfig(task="toy_arith"))
+    ex = Example(id="t", answer="7", fields={"a": 3, "b": 4})
+    preds = score_completions(task, fake_backend(script=" 7. and more text"), [ex], ["3 plus 4 is seven."], "forced")
+    assert preds[0].extracted == "7" and preds[0].reward == 1.0 and preds[0].info["forced_answer"] == " 7."
+    math_task = build_task(TaskConfig(task="gsm8k"))
+    ex2 = Example(id="m", answer="12", fields={"problem": "q"})
+    [p] = score_completions(math_task, fake_backend(script=" \\boxed{12}.\nextra"), [ex2], ["work"], "forced")
+    assert p.reward == 1.0
+
+
+def test_forced_open_unparsed(fake_backend):
+    task = build_task(TaskConfig(task="toy_arith"))
+    ex = Example(id="t", answer="7", fields={"a": 3, "b": 4})
+    [p] = score_completions(task, fake_backend(script=" seven"), [ex], ["hmm"], "forced")
+    assert not p.parsed and p.reward == 0.0
+
+
+def test_training_completion_cuts_model_answer():
+    task = build_task(TaskConfig(task="gsm8k"))
+    ex = Example(id="g", answer="18")
+    text = training_completion(task, "16 - 3 - 4 = 9 eggs, 9 * 2 = 18. The answer is \\boxed{20}.", ex)
+    assert text == "16 - 3 - 4 = 9 eggs, 9 * 2 = 18.\n\nThe answer is \\boxed{18}."
+    assert task.reward(task.extract(text), ex) == 1.0
+    judge = build_task(TaskConfig(task="judge"))
+    jt = training_completion(judge, "A is right.\nVerdict: B\nConfidence: 60%", judge_example("A"), confidence=0.8)
+    assert jt == "A is right.\n\nVerdict: A\nConfidence: 80%"
+    assert judge.extract(jt) == "A"
+    choice = build_task(TaskConfig(task="arc"))
+    ex3 = Example(id="c", answer="B", fields={"question": "q", "choices": ["x", "y"]})
+    assert training_completion(choice, "", ex3) == "The answer is (B)."
+    assert cut_rationale(choice, "reason. Answer: A") == "reason."
+
+
+def test_render_prompt_chat_and_plain(fake_backend):
+    from fem.testing.tiny import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    msgs = [{"role": "user", "content": "hi"}]
+    text = tok.decode(render_prompt(tok, msgs, system_prompt="be brief"))
+    assert text.startswith("<|im_start|>system\nbe brief") and text.endswith("<|im_start|>assistant\n")
+    backend = fake_backend()
+    assert backend.decode(render_prompt(backend, msgs)) == "hi\n\n"
+
+
+def test_prompts_and_hints_render_for_every_task():
+    from fem.tasks import TASKS
+
+    for name in TASKS:
+        if name == "gpqa":
+            continue
+        task = build_task(TaskConfig(task=name, eval_limit=1, system_prompt="sys"))
+        ex = task.load("eval")[0]
+        plain, hinted = task.prompt(ex), task.hinted_prompt(ex)
+        assert plain[0]["role"] == "system" and plain[-1]["content"]
+        assert task.hint_text(ex) in hinted[-1]["content"]
+
+
+def test_judge_swaps_and_position_consistency():
+    from fem.tasks.base import Prediction
+
+    task = build_task(TaskConfig(task="judge"))
+    ex = judge_example("A")
+    sw = task.swapped(ex)
+    assert sw.answer == "B" and sw.fields["response_a"] == "b" and sw.id == "j1:swapped"
+    preds = [Prediction("j1", "", "A", 1.0, 0, 0.9), Prediction("j1:swapped", "", "B", 1.0, 0, 0.7)]
+    m = task.metrics(preds, task.with_swaps([ex]))
+    assert m["position_consistency"] == 1.0 and m["accuracy"] == 1.0
+    preds[1] = Prediction("j1:swapped", "", "A", 0.0, 0, 0.7)
+    m = task.metrics(preds, task.with_swaps([ex]))
+    assert m["position_consistency"] == 0.0
+    assert m["brier"] == pytest.approx(((0.9 - 1) ** 2 + 0.7**2) / 2)
+
+
+def test_summarize_human_target_metrics():
+    from fem.tasks.base import Prediction
+
+    task = build_task(TaskConfig(task="summarize"))
+    ex = Example(id="s", answer="B", fields={"human_confidence": 9})
+    m = task.metrics([Prediction("s", "", "B", 1.0, 0, 0.9)], [ex])
+    assert m["brier"] == pytest.approx((0.9 - 8.5 / 9) ** 2)
+    assert m["accuracy_by_human_confidence"]["definite (1/9)"]["accuracy"] == 1.0

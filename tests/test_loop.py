@@ -1,0 +1,190 @@
+"""The EM loop end to end on the tiny model, run the way a user runs it (`fem train --config ...`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, run_fem
+
+RECIPE = str(ROOT / "recipes" / "smoke" / "tiny_cpu.yaml")
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def rounds(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fem_cache")
+
+
+@pytest.mark.parametrize("scheme", ["pps", "rejection", "star"])
+def test_smoke_recipe_learns_and_leaves_a_complete_run(scheme, tmp_path, cache_dir):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from fem.models import load_model_and_tokenizer
+
+    out = tmp_path / "run"
+    env = {"FEM_CACHE": str(cache_dir)}
+    result = run_fem("train", "--config", RECIPE, "--output_dir", str(out), "--scheme", scheme, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    base_file = cache_dir / "tiny-random-llama" / "model.safetensors"
+    base_hash = sha(base_file)
+
+    for name in ("config.yaml", "state.json", "metrics.jsonl", "baseline/metrics.json", "report.md"):
+        assert (out / name).is_file(), name
+    for k in (0, 1):
+        rdir = out / f"round_{k:03d}"
+        for name in ("samples.jsonl", "metrics.json", "adapter/adapter_model.safetensors", "eval/predictions.jsonl"):
+            assert (rdir / name).is_file(), f"{rdir.name}/{name}"
+        samples = [json.loads(line) for line in (rdir / "samples.jsonl").read_text().splitlines()]
+        assert samples and all(s["kept"] and s["reward"] == 1.0 and s["scheme"] == scheme for s in samples)
+        assert {s["origin"] for s in samples} <= ({"hinted"} if scheme == "pps" else {"plain", "hinted"})
+    state = json.loads((out / "state.json").read_text())
+    assert state["finished"] and state["completed"]["1"] == ["estep", "mstep", "eval"]
+
+    # the loop learns: eval accuracy after 2 rounds beats the base model's
+    lines = rounds(out)
+    assert [m["round"] for m in lines] == [-1, 0, 1]
+    assert lines[-1]["eval/accuracy"] > lines[0]["eval/accuracy"], [m["eval/accuracy"] for m in lines]
+
+    # LoRA weights moved, base weights did not, and the adapter reloads with PEFT alone
+    adapter = out / "round_001" / "adapter"
+    lora = load_file(str(adapter / "adapter_model.safetensors"))
+    assert any(t.abs().sum() > 0 for k, t in lora.items() if "lora_B" in k)
+    assert sha(base_file) == base_hash
+    model, tokenizer = load_model_and_tokenizer(str(cache_dir / "tiny-random-llama"))
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    peft_model = PeftModel.from_pretrained(model, str(adapter))
+    ids = tokenizer("Number: 3", return_tensors="pt").input_ids
+    with torch.no_grad():
+        tuned = peft_model(ids).logits
+        with peft_model.disable_adapter():
+            plain = peft_model(ids).logits
+    assert not torch.allclose(tuned, plain)
+    base_now = {
+        k.replace("base_model.model.", "").replace(".base_layer", ""): v
+        for k, v in peft_model.state_dict().items()
+        if "lora_" not in k
+    }
+    assert all(torch.equal(base_now[k], v) for k, v in reference.items())
+
+
+FAST = [
+    "--num_train_epochs",
+    "2",
+    "--train_limit",
+    "24",
+    "--eval_limit",
+    "8",
+    "--estep_samples",
+    "2",
+    "--generation_batch_size",
+    "8",
+]
+
+
+def sample_set(out: Path) -> list[tuple]:
+    rows = []
+    for path in sorted(out.glob("round_*/samples.jsonl")):
+        for line in path.read_text().splitlines():
+            s = json.loads(line)
+            rows.append(
+                (
+                    path.parent.name,
+                    s["example_id"],
+                    s["attempt"],
+                    s["origin"],
+                    s["rationale"],
+                    s["completion"],
+                    s["reward"],
+                )
+            )
+    return rows
+
+
+def final_adapter(out: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "round_001" / "adapter" / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache_dir) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    result = run_fem("train", "--config", RECIPE, "--output_dir", str(out), *FAST, env={"FEM_CACHE": str(cache_dir)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("crash_at", ["estep.samples_written#2", "mstep.step#3", "write.state.json#3"])
+def test_killed_run_resumes_to_the_same_result(crash_at, tmp_path, cache_dir, uninterrupted):
+    import torch
+
+    out = tmp_path / "run"
+    env = {"FEM_CACHE": str(cache_dir)}
+    killed = run_fem(
+        "train", "--config", RECIPE, "--output_dir", str(out), *FAST, env={**env, "FEM_CRASH_AT": crash_at}
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = run_fem("train", "--config", RECIPE, "--output_dir", str(out), *FAST, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got, want = sample_set(out), sample_set(uninterrupted)
+    assert len(got) == len(set(got)), "duplicate samples after resume"
+    assert got == want
+    a, b = final_adapter(out), final_adapter(uninterrupted)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["round"] for m in rounds(out)] == [-1, 0, 1]
+
+
+def test_output_dir_of_another_config_is_refused_before_loading(tmp_path, cache_dir, uninterrupted):
+    result = run_fem(
+        "train",
+        "--config",
+        RECIPE,
+        "--output_dir",
+        str(uninterrupted),
+        *FAST,
+        "--learning_rate",
+        "0.5",
+        env={"FEM_CACHE": str(cache_dir)},
+    )
+    assert result.returncode == 2
+    assert "output_dir" in result.stderr and "learning_rate" in result.stderr and "Traceback" not in result.stderr
+    assert "loading model" not in result.stderr
+
+
+def test_finished_run_is_not_redone(cache_dir, uninterrupted):
+    before = (uninterrupted / "round_000" / "samples.jsonl").stat().st_mtime_ns
+    result = run_fem(
+        "train", "--config", RECIPE, "--output_dir", str(uninterrupted), *FAST, env={"FEM_CACHE": str(cache_dir)}
+    )
+    assert result.returncode == 0
+    assert (uninterrupted / "round_000" / "samples.jsonl").stat().st_mtime_ns == before
+    assert "E-step" not in result.stderr
+
+
+def test_dry_run_loads_no_model_and_prints_the_plan(tmp_path):
+    result = run_fem("train", "--config", RECIPE, "--output_dir", str(tmp_path / "x"), "--dry_run")
+    assert result.returncode == 0, result.stderr
+    for word in ("model", "task", "scheme", "proposal", "rounds", "output_dir"):
+        assert word in result.stdout
+    assert not (tmp_path / "x").exists()
+
+
+def test_every_recipe_dry_runs(tmp_path):
+    recipes = sorted((ROOT / "recipes").rglob("*.yaml"))
+    assert recipes
+    for recipe in recipes:
+        result = run_fem("train", "--config", str(recipe), "--output_dir", str(tmp_path / recipe.stem), "--dry_run")
+        assert result.returncode == 0, f"{recipe}: {result.stderr[-1500:]}"
