@@ -39,5 +39,6 @@ def test_cpu_ddp_config_launches_two_processes(tmp_path):
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    lines = sorted(re.findall(r"rank=\d world=\d backend=\w+", out.stdout))
-    assert lines == ["rank=0 world=2 backend=gloo", "rank=1 world=2 backend=gloo"]
+    # the two processes share one pipe, so their lines may interleave: match the fields, not whole lines
+    assert sorted(re.findall(r"rank=(\d) world=(\d)", out.stdout)) == [("0", "2"), ("1", "2")], out.stdout
+    assert re.findall(r"backend=(gloo|None)", out.stdout) == ["gloo", "gloo"], out.stdout
