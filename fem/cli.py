@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import os
 import sys
+from pathlib import Path
 from collections.abc import Callable, Sequence
 
 from fem import __version__
@@ -120,18 +121,18 @@ def _tasks(argv: list[str]) -> int:
     if args.action == "list":
         from fem.tasks.check import list_tasks
 
-        rows = list_tasks()
-        print(f"{'task':<18} {'split':<8} {'count':>6}  file")
-        for row in rows:
-            print(f"{row['name']:<18} {row['split']:<8} {row['count']:>6}  {row['file']}")
+        print(f"{'task':<26} {'train':>6} {'eval':>6}  data")
+        for row in list_tasks():
+            counts = [str(row[f"{split}_count"]) if row[f"{split}_count"] is not None else "-" for split in ("train", "eval")]
+            files = sorted({Path(f).name for split in ("train", "eval") for f in row[f"{split}_files"]})
+            data = ", ".join(files) if files else ("generated" if row["name"].startswith("toy_") else "your own file (train_file / eval_file)")
+            print(f"{row['name']:<26} {counts[0]:>6} {counts[1]:>6}  {data}")
         return 0
-    from fem.tasks import TASKS
     from fem.tasks.check import run_checks
 
-    names = list(TASKS) if args.all else args.names
-    if not names:
+    if not args.names and not args.all:
         parser.error("name at least one task, or pass --all")
-    return run_checks(names, limit=args.limit)
+    return run_checks(["all"] if args.all else args.names, limit=args.limit)
 
 
 def _bench(argv: list[str]) -> int:
