@@ -68,5 +68,44 @@ def train(configs: Configs) -> int:
     runner = EMRunner(configs)
     runner.run()
     if is_main_process():
-        print(f"fem train: finished {configs.em.rounds} round(s); outputs in {runner.output_dir}")
+        print(summary_table(runner.output_dir))
+        print(f"\nfem train: finished {configs.em.rounds} round(s); outputs in {runner.output_dir}")
+        if (runner.output_dir / "report.md").exists():
+            print(f"report: {runner.output_dir / 'report.md'}, plots: {runner.output_dir / 'plots'}")
     return 0
+
+
+SUMMARY_COLUMNS = (
+    ("eval/accuracy", "accuracy"),
+    ("eval/ece", "ECE"),
+    ("eval/brier", "Brier"),
+    ("eval/unparsed_rate", "unparsed"),
+    ("estep/acceptance_rate", "accept"),
+    ("estep/kept_samples", "kept"),
+    ("mstep/loss", "M-loss"),
+    ("eval/tokens_per_s", "eval tok/s"),
+)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:.0f}" if abs(value) >= 100 else f"{value:.3f}"
+    return str(value)
+
+
+def summary_table(output_dir: Path) -> str:
+    """Before/after table from ``metrics.jsonl``: one row per round (``base`` = before training)."""
+    from fem.utils.io import read_jsonl
+
+    rows = read_jsonl(output_dir / "metrics.jsonl")
+    columns = [(key, name) for key, name in SUMMARY_COLUMNS if any(key in r for r in rows)]
+    lines = ["| round | " + " | ".join(name for _, name in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for r in rows:
+        cells = []
+        for key, _ in columns:
+            value = r.get(key)
+            cells.append(_cell(value))
+        lines.append(f"| {'base' if r['round'] < 0 else r['round']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
