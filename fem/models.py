@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -113,6 +114,20 @@ def load_tokenizer(name_or_path: str, *, gguf_file: str | None = None, trust_rem
     return tokenizer
 
 
+@contextlib.contextmanager
+def _without_zero3_init():
+    """Load a whole (unpartitioned) model even under a ZeRO-3 launch: the generation backend needs every weight on
+    each rank; the M-step's copy is partitioned by DeepSpeed when its trainer starts."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
 def load_model(
     name_or_path: str, *, gguf_file: str | None = None, dtype: str | None = "float32", trust_remote_code: bool = False
 ):
@@ -121,9 +136,10 @@ def load_model(
 
     folder, gguf = resolve_model_source(name_or_path, gguf_file)
     kwargs = {"gguf_file": gguf} if gguf else {}
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs
-    )
+    with _without_zero3_init():
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs
+        )
     model.eval()
     return model
 

@@ -13,7 +13,43 @@ logger = get_logger(__name__)
 
 def validate_before_compute(configs: Configs, *, check_output: bool = True) -> dict[str, Any]:
     """Every check that needs no model: model source, task and proposal names, data files, output dir.
-    Returns the plan that ``--dry_run`` prints."""
+    Returns the plan that ``--dry_run`` prints. A recipe error names the recipe file (a data error its data file)."""
+    from fem.errors import ConfigError
+
+    try:
+        return _validate_before_compute(configs, check_output=check_output)
+    except ConfigError as e:
+        raise (e.in_file(configs.recipe) if configs.recipe else e) from None
+
+
+def check_task_fields(configs: Configs) -> None:
+    """``task_fields`` may only name fields the task reads (a typo there would silently be ignored)."""
+    import difflib
+
+    from fem.errors import ConfigError
+    from fem.tasks import build_task
+
+    if not configs.task.task_fields:
+        return
+    task = build_task(configs.task)
+    required = tuple(getattr(task, "required_fields", ()) or ())
+    if not required:  # a user task class: its fields are its own business
+        return
+    known = set(required) | {"id"} | set(getattr(task, "allow_empty", ()) or ())
+    known |= {getattr(task, "label_field", None)} - {None}
+    for source in (getattr(task, "sources", None) or {}).values():
+        known |= set(source.fields)
+    for name in configs.task.task_fields:
+        if str(name) not in known:
+            close = difflib.get_close_matches(str(name), sorted(known), n=1)
+            raise ConfigError(
+                f"'{name}' is not a field of task {configs.task.task} (its fields: {', '.join(sorted(known))})",
+                field="task_fields",
+                fix=f"did you mean '{close[0]}'?" if close else "remove it from task_fields",
+            )
+
+
+def _validate_before_compute(configs: Configs, *, check_output: bool = True) -> dict[str, Any]:
     from fem.models import resolve_model_source
     from fem.proposals import check_proposal_name
     from fem.state import check_output_dir
@@ -24,6 +60,7 @@ def validate_before_compute(configs: Configs, *, check_output: bool = True) -> d
     check_proposal_name(configs.proposal.proposal)
     for name in filter(None, [configs.eval.eval_proposal, *configs.eval.proposal_list]):
         check_proposal_name(name.partition(":")[0])  # power_mh:uniform selects a cut of power_mh
+    check_task_fields(configs)
     data = validate_task_data(configs.task)
     output_dir = Path(configs.mstep.output_dir)
     from fem.loop import run_config

@@ -140,6 +140,7 @@ def estep_metrics(round_dir: Path, world_size: int, *, num_examples: int) -> dic
     n = max(num_examples, 1)
     out = {
         "estep/examples": num_examples,
+        "estep/num_processes": world_size,
         "estep/acceptance_rate": total["examples_kept"] / n,
         "estep/kept_samples": total["kept"],
         "estep/samples_per_example": total["draws"] / n,

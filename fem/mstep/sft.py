@@ -98,6 +98,15 @@ def build_dataset(rows: Sequence[dict[str, Any]], tokenizer, weighted: bool):
     return Dataset.from_list(records)
 
 
+def _fresh_accelerator_state() -> None:
+    """Let each round build a new Trainer: accelerate refuses a second Accelerator with a DeepSpeed plugin in one
+    process, so the per-run accelerator state is cleared (the process group, held by PartialState, is kept)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
 def train_adapter(
     *,
     base_model,
@@ -121,6 +130,7 @@ def train_adapter(
 
     disable_progress_bars()
 
+    _fresh_accelerator_state()
     set_seed(seed)
     model = copy.deepcopy(base_model)
     model.train()
@@ -148,6 +158,8 @@ def train_adapter(
         "mstep/samples": len(rows),
         "mstep/time_s": float(result.metrics.get("train_runtime", 0.0)),
         "mstep/train_tokens": int(trainer._total_train_tokens) if hasattr(trainer, "_total_train_tokens") else None,
+        "mstep/num_processes": int(trainer.accelerator.num_processes),
+        "mstep/distributed_type": str(trainer.accelerator.distributed_type.value),
         "mstep/loss_curve": [{"step": h.get("step"), "loss": h["loss"]} for h in history],
     }
     del trainer, model
