@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import ROOT, run_fem
 
 RECIPE = str(ROOT / "recipes" / "smoke" / "tiny_cpu.yaml")
