@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import sys
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from fem import __version__
 from fem.configs import FEM_DATACLASSES
@@ -185,6 +186,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = _run_recipe_command(command, rest) if command in RECIPE_COMMANDS else HANDLERS[command](rest)
     except FemError as e:
         print(f"fem {command}: error: {e.one_line()}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(
+            f"fem {command}: error: {where}{e.strerror} -> free space (or choose another output_dir) and run the same "
+            "command again to resume; finished work is on disk",
+            file=sys.stderr,
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"fem {command}: interrupted; finished work is on disk and the run resumes from it", file=sys.stderr)

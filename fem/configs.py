@@ -429,6 +429,16 @@ def validate_configs(c: Configs) -> None:
             field="power_reference_compat",
             fix="remove it or set proposal: power_mh",
         )
+    m = c.mstep
+    for name, ok, rule in (
+        ("per_device_train_batch_size", getattr(m, "per_device_train_batch_size", 1) >= 1, ">= 1"),
+        ("gradient_accumulation_steps", getattr(m, "gradient_accumulation_steps", 1) >= 1, ">= 1"),
+        ("learning_rate", getattr(m, "learning_rate", 1.0) > 0, "> 0"),
+        ("num_train_epochs", getattr(m, "num_train_epochs", 1.0) > 0, "> 0"),
+        ("max_length", (getattr(m, "max_length", None) or 1) >= 1, ">= 1"),
+    ):
+        if not ok:
+            raise ConfigError(f"must be {rule} (got {getattr(m, name)})", field=name, fix=f"set {name} {rule}")
     if c.em.backend == "vllm":
         raise ConfigError(
             "the vllm backend is not shipped yet (it cannot be tested without a GPU here)",

@@ -38,6 +38,22 @@ def all_fields() -> dict[str, dataclasses.Field]:
     return out
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (plain data only: no Python tags) that also refuses a key written twice, which plain
+    YAML silently resolves to the last value."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}'", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_recipe(path: str | Path) -> dict[str, Any]:
     """Read a recipe YAML safely (no Python tags) and check it is a flat mapping."""
     path = Path(path)
@@ -50,7 +66,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
             f"not UTF-8 text (byte {e.start})", file=str(path), fix="save the recipe as UTF-8 YAML"
         ) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader is a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

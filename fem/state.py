@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fem.errors import ConfigError
-from fem.utils.io import atomic_write_json, read_json
+from fem.utils.io import atomic_write_json, read_json, remove_stale_temp_files
 
 STATE_FILE = "state.json"
 PHASES = ("estep", "mstep", "eval")
@@ -51,8 +51,18 @@ class RunState:
         atomic_write_json(output_dir / STATE_FILE, asdict(self))
 
     @classmethod
-    def load_or_create(cls, output_dir: Path, config: dict[str, Any], *, overwrite: bool) -> RunState:
-        """Resume the run in ``output_dir`` if it has the same config; refuse one that belongs to another config."""
+    def load_or_create(
+        cls, output_dir: Path, config: dict[str, Any], *, overwrite: bool, clean: bool = True
+    ) -> RunState:
+        """Resume the run in ``output_dir`` if it has the same config; refuse one that belongs to another config.
+        With ``clean``, temp files of writes a crash interrupted are removed (never for another config's dir)."""
+        state = cls._load_or_create(output_dir, config, overwrite=overwrite)
+        if clean and output_dir.is_dir():
+            remove_stale_temp_files(output_dir)
+        return state
+
+    @classmethod
+    def _load_or_create(cls, output_dir: Path, config: dict[str, Any], *, overwrite: bool) -> RunState:
         path = output_dir / STATE_FILE
         new = cls(config_hash=fingerprint_hash(config), config=fingerprint(config))
         if not path.exists():
@@ -75,13 +85,21 @@ class RunState:
 
 def check_output_dir(output_dir: Path, config: dict[str, Any], *, overwrite: bool) -> str:
     """For --dry_run: 'new', 'resume' or an error when the dir belongs to another config. Writes nothing."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(
+            f"{output_dir} is not a directory", field="output_dir", fix="choose a new output_dir (a directory path)"
+        )
     if not (output_dir / STATE_FILE).exists():
-        if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        from fem.utils.io import is_temp_file
+
+        # a run killed before its first state.json left only config.yaml (and a temp file): it resumes as new
+        leftovers = {p.name for p in output_dir.iterdir() if not is_temp_file(p)} if output_dir.exists() else set()
+        if leftovers - {"config.yaml"} and not overwrite:
             raise ConfigError(
                 f"{output_dir} is not empty and holds no fem run",
                 field="output_dir",
                 fix="choose a new or empty output_dir",
             )
         return "new"
-    RunState.load_or_create(output_dir, config, overwrite=overwrite)
+    RunState.load_or_create(output_dir, config, overwrite=overwrite, clean=False)
     return "resume"

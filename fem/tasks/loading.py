@@ -78,6 +78,18 @@ def _read_text(path: Path) -> str:
     return text.lstrip("\ufeff")
 
 
+MAX_RECORD_MB = 16  # a JSONL line longer than this is refused: no model context holds such a prompt
+
+
+def _check_record_size(path: Path, where: str, size: int) -> None:
+    if size > MAX_RECORD_MB * 1024 * 1024:
+        raise DataError(
+            f"{where}: one record of {size / 2**20:.0f} MB (the limit is {MAX_RECORD_MB} MB)",
+            file=str(path),
+            fix="split or shorten that record; no model context holds it (is the file missing its newlines?)",
+        )
+
+
 def _is_json_array(text: str) -> bool:
     return text.lstrip().startswith("[")
 
@@ -108,6 +120,7 @@ def _scan_json(path: Path, text: str) -> tuple[list[dict[str, Any]], list[str]]:
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        _check_record_size(path, f"line {n}", len(line))
         try:
             item = json.loads(line)
         except json.JSONDecodeError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -40,6 +41,25 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # what atomic_write_text's mkstemp creates
+
+
+def is_temp_file(path: str | Path) -> bool:
+    """Is ``path`` a temp file of ``atomic_write_text`` (left behind only by a crash mid-write)?"""
+    return bool(_TEMP_NAME.match(Path(path).name))
+
+
+def remove_stale_temp_files(root: str | Path) -> int:
+    """Remove the temp files that a process killed inside ``atomic_write_text`` left under ``root`` (the real
+    file is untouched: the old version or the new one). Call it only while no writer is running. Returns the count."""
+    removed = 0
+    for path in Path(root).rglob(".*.tmp"):
+        if path.is_file() and _TEMP_NAME.match(path.name):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
