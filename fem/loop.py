@@ -17,7 +17,7 @@ import yaml
 from fem.configs import Configs
 from fem.estep.runner import kept_samples, run_estep
 from fem.estep.schemes import build_scheme
-from fem.eval.evaluate import evaluate
+from fem.eval.evaluate import EvalProgress, evaluate
 from fem.runtime import Runtime, build_runtime
 from fem.state import RunState
 from fem.utils.distributed import World, current_world
@@ -38,7 +38,7 @@ MSTEP_RESULT_KEYS = (
     "gradient_accumulation_steps",
     "max_length",
     "lr_scheduler_type",
-    "warmup_ratio",
+    "warmup_steps",
     "weight_decay",
 )
 
@@ -165,6 +165,9 @@ class EMRunner:
         assert self.runtime is not None
         proposal = self.runtime.proposal()
         start = time.perf_counter()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(self.train_examples), desc=f"E-step round {k}", disable=not self.world.is_main)
         metrics = run_estep(
             round_index=k,
             examples=self.train_examples,
@@ -176,7 +179,9 @@ class EMRunner:
             seed=self.seed,
             world=self.world,
             save_rejected=self.configs.estep.save_rejected,
+            progress_bar=bar,
         )
+        bar.close()
         metrics["estep/wall_s"] = time.perf_counter() - start
         return metrics
 
@@ -232,17 +237,23 @@ class EMRunner:
     def evaluate(self, out_dir: Path) -> dict[str, Any]:
         assert self.runtime is not None
         proposal = self.runtime.eval_proposal()
-        return evaluate(
-            task=self.runtime.task,
-            examples=self.eval_examples,
-            drawer=self.runtime.drawer(proposal),
-            proposal_name=proposal.name,
-            num_samples=self.configs.eval.num_samples,
-            seed=self.seed,
-            chunk_size=self.configs.proposal.generation_batch_size,
-            world=self.world,
-            out_dir=out_dir,
-        )
+        with EvalProgress(
+            len(self.eval_examples),
+            f"eval {out_dir.parent.name if out_dir.name == 'eval' else out_dir.name}",
+            self.world.is_main,
+        ) as progress:
+            return evaluate(
+                task=self.runtime.task,
+                examples=self.eval_examples,
+                drawer=self.runtime.drawer(proposal),
+                proposal_name=proposal.name,
+                num_samples=self.configs.eval.num_samples,
+                seed=self.seed,
+                chunk_size=self.configs.proposal.generation_batch_size,
+                world=self.world,
+                out_dir=out_dir,
+                progress=progress,
+            )
 
     # -- state -------------------------------------------------------------------------------------------------
     def save_state(self) -> None:

@@ -22,7 +22,10 @@ from fem.errors import ConfigError
 
 # Command-line shorthands documented in `fem eval --help`.
 ALIASES = {"--limit": "--eval_limit"}
-RESERVED_KEYS = {"env"}  # TrlParser's `env:` block sets environment variables
+RESERVED_KEYS = {"env"}
+STRING_OR_LIST_KEYS = {
+    "lora_target_modules"
+}  # PEFT takes "all-linear" as well as a list of module names  # TrlParser's `env:` block sets environment variables
 
 
 def all_dataclasses() -> tuple[type, ...]:
@@ -47,9 +50,7 @@ class RecipeLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, typing.Hashable) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key '{key}'", key_node.start_mark
-                )
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -136,6 +137,8 @@ def check_recipe_keys(data: dict[str, Any], path: str) -> None:
             raise ConfigError("unknown key", file=path, field=str(key), fix=fix)
         owner = next(cls for cls in all_dataclasses() if key in {f.name for f in dataclasses.fields(cls)})
         annotation = hints(owner).get(key, Any)
+        if key in STRING_OR_LIST_KEYS:
+            annotation = str | list
         if value is not None and not _type_ok(value, annotation):
             raise ConfigError(
                 f"has the wrong type: got {type(value).__name__} {value!r:.60}",

@@ -53,12 +53,18 @@ def trace_record(example_id: str, sample_index: int, proposal: str, trace: Any) 
 
 def sample_command(configs: Configs, *, split: str, out: str | None) -> int:
     """Draw ``num_samples`` traces per prompt of ``split`` with ``proposal`` and write them to ``out``."""
+    from fem.models import resolve_model_source
+    from fem.proposals import check_proposal_name
     from fem.runtime import build_runtime
-    from fem.train import validate_before_compute
+    from fem.tasks import check_task_name, validate_task_data
 
     if split not in ("train", "eval"):
         raise ConfigError(f"unknown split '{split}'", field="split", fix="use --split train or --split eval")
-    validate_before_compute(configs, check_output=False)
+    # only the split that is sampled is read (eval-only tasks such as math500 ship no train split)
+    resolve_model_source(configs.model.model_name_or_path, configs.em.gguf_file)
+    check_task_name(configs.task.task)
+    check_proposal_name(configs.proposal.proposal)
+    validate_task_data(configs.task, splits=(split,))
     seed = int(configs.mstep.seed)
     seed_everything(seed)
     world = current_world()

@@ -8,9 +8,10 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_fem
+from helpers import FAST_OVERRIDES, ROOT, SMOKE_RECIPE, run_fem
 
-RECIPE = str(ROOT / "recipes" / "smoke" / "tiny_cpu.yaml")
+RECIPE = SMOKE_RECIPE
+FAST = FAST_OVERRIDES
 
 
 def sha(path: Path) -> str:
@@ -78,20 +79,6 @@ def test_smoke_recipe_learns_and_leaves_a_complete_run(scheme, tmp_path, cache_d
         if "lora_" not in k
     }
     assert all(torch.equal(base_now[k], v) for k, v in reference.items())
-
-
-FAST = [
-    "--num_train_epochs",
-    "2",
-    "--train_limit",
-    "24",
-    "--eval_limit",
-    "8",
-    "--estep_samples",
-    "2",
-    "--generation_batch_size",
-    "8",
-]
 
 
 def sample_set(out: Path) -> list[tuple]:
@@ -183,8 +170,19 @@ def test_dry_run_loads_no_model_and_prints_the_plan(tmp_path):
 
 
 def test_every_recipe_dry_runs(tmp_path):
+    """Every shipped recipe validates (keys, values, data, output dir) without loading a model; eval-only recipes
+    through `fem eval`, the GPQA ones with a user CSV in the official layout."""
     recipes = sorted((ROOT / "recipes").rglob("*.yaml"))
     assert recipes
+    gpqa = tmp_path / "gpqa_diamond.csv"
+    gpqa.write_text(
+        "Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3\n"
+        "Which is a noble gas?,Argon,Nitrogen,Oxygen,Hydrogen\n"
+    )
     for recipe in recipes:
-        result = run_fem("train", "--config", str(recipe), "--output_dir", str(tmp_path / recipe.stem), "--dry_run")
+        command = "eval" if recipe.parent.name == "eval" else "train"
+        extra = ["--eval_file", str(gpqa)] if "gpqa" in recipe.stem else []
+        result = run_fem(
+            command, "--config", str(recipe), "--output_dir", str(tmp_path / recipe.stem), "--dry_run", *extra
+        )
         assert result.returncode == 0, f"{recipe}: {result.stderr[-1500:]}"

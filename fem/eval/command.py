@@ -37,8 +37,10 @@ def resolve_adapter(path: str | None) -> str | None:
         return str(p)
     if (p / "state.json").is_file():
         last = read_json(p / "state.json").get("last_adapter")
-        if last and (Path(last) / "adapter_config.json").is_file():
-            return last
+        # state.json records the path as the run saw it (relative to its working dir); also try it under p
+        for candidate in [Path(last), p / Path(last).parent.name / "adapter"] if last else []:
+            if (candidate / "adapter_config.json").is_file():
+                return str(candidate)
         raise ConfigError(
             f"{p} holds a training run with no finished adapter yet",
             field="adapter",
@@ -52,12 +54,16 @@ def resolve_adapter(path: str | None) -> str | None:
 
 
 def proposal_variants(configs: Configs) -> list[tuple[str, Any]]:
-    """``(label, ProposalConfig)`` per requested proposal. ``power_mh:uniform`` / ``power_mh:entropy`` pick the cut."""
-    names = configs.eval.proposal_list or [configs.proposal.proposal]
+    """``(label, ProposalConfig)`` per requested proposal. ``power_mh:uniform`` / ``power_mh:entropy`` pick the cut.
+
+    Without ``proposals`` the evaluation proposal is used (``eval_proposal``, default ancestral), as between EM
+    rounds, so ``fem eval --adapter RUN_DIR`` reproduces the last round's eval. Every variant draws at
+    ``eval_temperature`` (power_mh's suffix proposal runs at ``1/alpha`` whatever it is)."""
+    names = configs.eval.proposal_list or [configs.eval.eval_proposal or "ancestral"]
     variants = []
     for label in names:
         name, _, cut = label.partition(":")
-        config = dataclasses.replace(configs.proposal, proposal=name)
+        config = dataclasses.replace(configs.proposal, proposal=name, temperature=configs.eval.eval_temperature)
         if cut:
             if name != "power_mh" or cut not in ("uniform", "entropy"):
                 raise ConfigError(
@@ -67,7 +73,35 @@ def proposal_variants(configs: Configs) -> list[tuple[str, Any]]:
                 )
             config = dataclasses.replace(config, power_cut=cut)
         variants.append((label, config))
+    if len({label for label, _ in variants}) != len(variants):
+        raise ConfigError("names a proposal twice", field="proposals", fix="list each proposal once")
     return variants
+
+
+def validate_eval(configs: Configs, variants: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Every check ``fem eval`` can do without a model; only the eval split is read (eval-only tasks such as
+    math500 or gpqa ship no train split). Returns the plan ``--dry_run`` prints."""
+    from fem.models import resolve_model_source
+    from fem.proposals import check_proposal_name
+    from fem.tasks import check_task_name, validate_task_data
+
+    source = resolve_model_source(configs.model.model_name_or_path, configs.em.gguf_file)
+    check_task_name(configs.task.task)
+    for _, config in variants:
+        check_proposal_name(config.proposal)
+    data = validate_task_data(configs.task, splits=("eval",))
+    adapter = resolve_adapter(configs.eval.adapter)
+    p = configs.proposal
+    return {
+        "model": f"{configs.model.model_name_or_path} -> {source[0]}" + (f" [{source[1]}]" if source[1] else ""),
+        "adapter": adapter or "none",
+        "task": f"{configs.task.task} (answer_mode={configs.task.answer_mode})",
+        "data": f"eval={data['eval']}",
+        "proposals": ", ".join(label for label, _ in variants),
+        "settings": f"temperature={configs.eval.eval_temperature}, T={p.max_new_tokens}, alpha={p.power_alpha}, "
+        f"B={p.block_size}, N={p.power_mh_steps}, beta={p.power_beta}, samples/prompt={configs.eval.num_samples}",
+        "output_dir": str(Path(configs.mstep.output_dir) / "eval"),
+    }
 
 
 def _fmt(value: Any) -> str:
@@ -97,57 +131,65 @@ def comparison_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_command(configs: Configs) -> int:
-    from tqdm.auto import tqdm
+def world_is_main() -> bool:
+    from fem.utils.logging import is_main_process
 
-    from fem.eval.evaluate import evaluate
-    from fem.proposals import build_proposal, check_proposal_name
+    return is_main_process()
+
+
+def evaluate_command(configs: Configs) -> int:
+    from fem.eval.evaluate import EvalProgress, evaluate
+    from fem.proposals import build_proposal
     from fem.runtime import build_runtime
-    from fem.train import validate_before_compute
     from fem.utils.distributed import current_world
     from fem.utils.seeding import seed_everything
 
     variants = proposal_variants(configs)
-    for _, config in variants:
-        check_proposal_name(config.proposal)
-    validate_before_compute(configs, check_output=False)
-    adapter = resolve_adapter(configs.eval.adapter)
+    plan = validate_eval(configs, variants)
+    if configs.em.dry_run:
+        if world_is_main():
+            print("fem eval plan (dry run: no model loaded)")
+            for key, value in plan.items():
+                print(f"  {key:<11} {value}")
+        return 0
+    adapter = None if plan["adapter"] == "none" else plan["adapter"]
     seed = int(configs.mstep.seed)
     seed_everything(seed)
     world = current_world()
     runtime = build_runtime(configs, world)
     if adapter:
-        runtime.backend.load_adapter(adapter)
+        try:
+            runtime.backend.load_adapter(adapter)
+        except (OSError, ValueError, RuntimeError, KeyError) as e:  # wrong base model, torn files, ...
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ConfigError(
+                f"cannot load adapter {adapter} onto {configs.model.model_name_or_path}: {first}",
+                field="adapter",
+                fix="use an adapter trained from this model_name_or_path",
+            ) from None
     examples = runtime.task.load("eval")
     out_dir = Path(configs.mstep.output_dir) / "eval"
+    if world.is_main:  # a failed re-run must not leave an earlier run's results looking like its own
+        for stale in ("metrics.json", "predictions.jsonl", "report.md"):
+            (out_dir / stale).unlink(missing_ok=True)
     results: dict[str, dict[str, Any]] = {}
     all_records: list[dict[str, Any]] = []
     for label, config in variants:
         proposal = build_proposal(config, runtime.backend, name=config.proposal)
-        bar = tqdm(total=len(examples), desc=f"eval {label}", disable=not world.is_main)
-
-        def progress(n: int, records: list[dict[str, Any]], bar=bar) -> None:
-            tokens = sum(r["trace"]["cost"]["tokens_decoded"] for r in records)
-            bar.update(n)
-            bar.set_postfix(
-                tok_s=f"{tokens / max(bar.format_dict['elapsed'], 1e-9):.0f}",
-                reward=f"{sum(r['reward'] for r in records) / max(len(records), 1):.3f}",
-            )
-
         sub = out_dir / label.replace(":", "_")
-        results[label] = evaluate(
-            task=runtime.task,
-            examples=examples,
-            drawer=runtime.drawer(proposal),
-            proposal_name=label,
-            num_samples=configs.eval.num_samples,
-            seed=seed,
-            chunk_size=config.generation_batch_size,
-            world=world,
-            out_dir=sub,
-            progress=progress,
-        )
-        bar.close()
+        with EvalProgress(len(examples), f"eval {label}", world.is_main) as progress:
+            results[label] = evaluate(
+                task=runtime.task,
+                examples=examples,
+                drawer=runtime.drawer(proposal),
+                proposal_name=label,
+                num_samples=configs.eval.num_samples,
+                seed=seed,
+                chunk_size=config.generation_batch_size,
+                world=world,
+                out_dir=sub,
+                progress=progress,
+            )
         if world.is_main:
             all_records += [{**r, "proposal": label} for r in read_jsonl(sub / "predictions.jsonl")]
     if world.is_main:

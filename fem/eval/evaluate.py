@@ -6,11 +6,13 @@ the main process in example order.
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fem.errors import FemError
 from fem.estep.base import PLAIN, ProposalDrawer
 from fem.tasks.base import Example, Prediction, Task
 from fem.utils.distributed import World
@@ -22,6 +24,29 @@ def _line(record: dict[str, Any]) -> str:
     import json
 
     return json.dumps(record, sort_keys=True, default=str) + "\n"
+
+
+class EvalProgress:
+    """A progress bar over prompts showing tokens/s and the running mean reward (main process only)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, disable=not enabled)
+
+    def __call__(self, n: int, records: list[dict[str, Any]]) -> None:
+        tokens = sum(r["trace"]["cost"]["tokens_decoded"] for r in records)
+        self.bar.update(n)
+        self.bar.set_postfix(
+            tok_s=f"{tokens / max(self.bar.format_dict['elapsed'], 1e-9):.0f}",
+            reward=f"{sum(r['reward'] for r in records) / max(len(records), 1):.3f}",
+        )
+
+    def __enter__(self) -> EvalProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()  # before any error line, so that the error is the last line on stderr
 
 
 def prediction_record(example_id: str, proposal: str, sample: Any) -> dict[str, Any]:
@@ -51,6 +76,69 @@ def _to_prediction(record: dict[str, Any]) -> Prediction:
     )
 
 
+class EvalError(FemError):
+    """Drawing or scoring an eval chunk failed, or a proposal returned the wrong number of traces: the eval stops
+    (no metrics are written) rather than report numbers over fewer rows than it was given."""
+
+
+def _draw_chunk(
+    drawer: ProposalDrawer,
+    chunk: list[Example],
+    num_samples: int,
+    seed: int,
+    c: int,
+    proposal_name: str,
+    out_dir: Path,
+) -> list[list[Any]]:
+    """``drawer.draw`` for eval chunk ``c``, checked: one sample list per example, holding exactly the sample
+    indices 0..num_samples-1. Any exception from the proposal or the task (user code
+    included) becomes one ``EvalError`` line; its traceback goes to ``out_dir/error.txt``."""
+    span = f"eval chunk {c} ({chunk[0].id} .. {chunk[-1].id})" if chunk else f"eval chunk {c}"
+    try:
+        draws = drawer.draw(chunk, PLAIN, num_samples, seed=derive_seed(seed, "eval", c))
+    except FemError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise  # a full disk: the CLI's own one-line error
+        raise _failed(exc, proposal_name, span, out_dir) from exc
+    except Exception as exc:
+        raise _failed(exc, proposal_name, span, out_dir) from exc
+    fix = "a proposal's propose(prompts, num_samples) must return one list of num_samples traces per prompt"
+    if len(draws) != len(chunk):
+        raise EvalError(
+            f"proposal '{proposal_name}' gave {len(draws)} sample lists for the {len(chunk)} prompts of {span}",
+            field="proposal",
+            fix=fix,
+        )
+    for example, samples in zip(chunk, draws):
+        if sorted(s.attempt for s in samples) != list(range(num_samples)):
+            raise EvalError(
+                f"proposal '{proposal_name}' returned {len(samples)} samples for example {example.id} "
+                f"(expected {num_samples}) in {span}; no metrics written",
+                field="proposal",
+                fix=fix,
+            )
+    return draws
+
+
+def _failed(exc: BaseException, proposal_name: str, span: str, out_dir: Path) -> EvalError:
+    import traceback
+
+    where = out_dir / "error.txt"
+    try:
+        atomic_write_text(where, "".join(traceback.format_exception(exc)))
+        see = f"; traceback in {where}"
+    except OSError:
+        see = ""
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return EvalError(
+        f"proposal '{proposal_name}' failed on {span}: {type(exc).__name__}: {first}; no metrics written",
+        field="proposal",
+        fix=f"fix the proposal (or the task code it calls){see}, then run the same command again",
+    )
+
+
 def evaluate(
     *,
     task: Task,
@@ -67,11 +155,14 @@ def evaluate(
     """Evaluate and write ``out_dir/predictions.jsonl`` and ``out_dir/metrics.json``; returns the metrics
     (task metrics under ``eval/`` plus cost: tokens decoded, wall time, tokens/s)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if world.is_main:  # a failed re-run must not leave an earlier run's results looking like its own
+        for stale in ("metrics.json", "error.txt"):
+            (out_dir / stale).unlink(missing_ok=True)
     start = time.perf_counter()
     chunks = [list(examples[i : i + chunk_size]) for i in range(0, len(examples), chunk_size)]
     records: list[dict[str, Any]] = []
     for c in range(world.rank, len(chunks), world.size):
-        draws = drawer.draw(chunks[c], PLAIN, num_samples, seed=derive_seed(seed, "eval", c))
+        draws = _draw_chunk(drawer, chunks[c], num_samples, seed, c, proposal_name, out_dir)
         for example, samples in zip(chunks[c], draws):
             records += [{**prediction_record(example.id, proposal_name, s), "chunk": c} for s in samples]
         if progress is not None:

@@ -12,21 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, run_fem
+from helpers import FAST_OVERRIDES, ROOT, SMOKE_RECIPE, run_fem
 
-RECIPE = str(ROOT / "recipes" / "smoke" / "tiny_cpu.yaml")
-FAST = [
-    "--num_train_epochs",
-    "2",
-    "--train_limit",
-    "24",
-    "--eval_limit",
-    "8",
-    "--estep_samples",
-    "2",
-    "--generation_batch_size",
-    "8",
-]
+RECIPE = SMOKE_RECIPE
+FAST = FAST_OVERRIDES
 LAUNCHES = {
     "cpu_ddp": ("cpu_ddp.yaml", "MULTI_CPU"),
     "zero2": ("deepspeed_zero2.yaml", "DEEPSPEED"),

@@ -1,0 +1,61 @@
+"""``fem sample``: one JSON line per trace with any proposal, on the tiny random model."""
+
+from __future__ import annotations
+
+import json
+
+from helpers import ROOT, run_fem
+
+RECIPE = str(ROOT / "recipes/smoke/tiny_cpu.yaml")
+KEYS = {"example_id", "sample_index", "proposal", "text", "num_tokens", "sum_logp", "mh_steps", "cost"}
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_sample_writes_one_line_per_trace(tmp_path):
+    out = tmp_path / "ancestral.jsonl"
+    result = run_fem(
+        "sample", "--config", RECIPE, "--output_dir", str(tmp_path), "--eval_limit", "3", "--num_samples", "2",
+        "--max_new_tokens", "6", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "6 traces from 3 prompts" in result.stdout
+    records = _lines(out)
+    assert len(records) == 6
+    for r in records:
+        assert KEYS <= set(r)
+        assert r["proposal"] == "ancestral" and r["mh_steps"] == 0
+        assert 1 <= r["num_tokens"] <= 6 and r["sum_logp"] <= 0.0
+        assert r["cost"]["tokens_decoded"] >= r["num_tokens"]
+    assert [(r["example_id"], r["sample_index"]) for r in records][:2] == [
+        (records[0]["example_id"], 0),
+        (records[0]["example_id"], 1),
+    ]
+    assert len({r["example_id"] for r in records}) == 3
+
+
+def test_sample_power_mh_train_split_default_path(tmp_path):
+    result = run_fem(
+        "sample", "--config", RECIPE, "--output_dir", str(tmp_path), "--split", "train", "--train_limit", "2",
+        "--proposal", "power_mh", "--power_cut", "entropy", "--max_new_tokens", "4", "--power_block_size", "2",
+        "--power_mh_steps", "3",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = _lines(tmp_path / "samples.jsonl")
+    assert len(records) == 2 and all(KEYS <= set(r) for r in records)
+    assert all(r["proposal"] == "power_mh" and r["mh_steps"] > 0 for r in records)
+    assert all(r["cost"]["mh_steps"] == r["mh_steps"] for r in records)
+
+
+def test_sample_bad_split_is_one_line(tmp_path, capsys):
+    import pytest
+
+    from fem.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "--config", RECIPE, "--output_dir", str(tmp_path), "--split", "test"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.strip()][0].startswith("fem sample: error:")
