@@ -124,9 +124,15 @@ def _tasks(argv: list[str]) -> int:
 
         print(f"{'task':<26} {'train':>6} {'eval':>6}  data")
         for row in list_tasks():
-            counts = [str(row[f"{split}_count"]) if row[f"{split}_count"] is not None else "-" for split in ("train", "eval")]
+            counts = [
+                str(row[f"{split}_count"]) if row[f"{split}_count"] is not None else "-" for split in ("train", "eval")
+            ]
             files = sorted({Path(f).name for split in ("train", "eval") for f in row[f"{split}_files"]})
-            data = ", ".join(files) if files else ("generated" if row["name"].startswith("toy_") else "your own file (train_file / eval_file)")
+            data = (
+                ", ".join(files)
+                if files
+                else ("generated" if row["name"].startswith("toy_") else "your own file (train_file / eval_file)")
+            )
             print(f"{row['name']:<26} {counts[0]:>6} {counts[1]:>6}  {data}")
         return 0
     from fem.tasks.check import run_checks

@@ -318,6 +318,12 @@ class EvalConfig:
         default=None,
         metadata={"help": "fem eval: comma-separated proposals compared side by side on the same prompts."},
     )
+    eval_position_swap: bool = field(
+        default=True,
+        metadata={
+            "help": "Pairwise tasks: also ask each eval pair with the two candidates swapped (position consistency)."
+        },
+    )
     adapter: str | None = field(
         default=None,
         metadata={"help": "fem eval: a LoRA adapter dir, or a finished training dir (its last round is used)."},

@@ -17,7 +17,7 @@ import yaml
 from fem.configs import Configs
 from fem.estep.runner import kept_samples, run_estep
 from fem.estep.schemes import build_scheme
-from fem.eval.evaluate import EvalProgress, evaluate
+from fem.eval.evaluate import EvalProgress, eval_examples, evaluate
 from fem.runtime import Runtime, build_runtime
 from fem.state import RunState
 from fem.utils.distributed import World, current_world
@@ -78,7 +78,9 @@ class EMRunner:
         self.world.barrier()
         self.runtime = build_runtime(self.configs, self.world)
         self.train_examples = self.runtime.task.load("train")
-        self.eval_examples = self.runtime.task.load("eval")
+        self.eval_examples = eval_examples(
+            self.runtime.task, self.runtime.task.load("eval"), self.configs.eval.eval_position_swap
+        )
         from fem.mstep.sft import check_eos
 
         check_eos(self.runtime.tokenizer, self.runtime.backend.eos_token_ids)

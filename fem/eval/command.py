@@ -138,7 +138,7 @@ def world_is_main() -> bool:
 
 
 def evaluate_command(configs: Configs) -> int:
-    from fem.eval.evaluate import EvalProgress, evaluate
+    from fem.eval.evaluate import EvalProgress, eval_examples, evaluate
     from fem.proposals import build_proposal
     from fem.runtime import build_runtime
     from fem.utils.distributed import current_world
@@ -167,7 +167,7 @@ def evaluate_command(configs: Configs) -> int:
                 field="adapter",
                 fix="use an adapter trained from this model_name_or_path",
             ) from None
-    examples = runtime.task.load("eval")
+    examples = eval_examples(runtime.task, runtime.task.load("eval"), configs.eval.eval_position_swap)
     out_dir = Path(configs.mstep.output_dir) / "eval"
     if world.is_main:  # a failed re-run must not leave an earlier run's results looking like its own
         for stale in ("metrics.json", "predictions.jsonl", "report.md"):

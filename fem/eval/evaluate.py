@@ -26,6 +26,12 @@ def _line(record: dict[str, Any]) -> str:
     return json.dumps(record, sort_keys=True, default=str) + "\n"
 
 
+def eval_examples(task: Task, examples: list[Example], position_swap: bool) -> list[Example]:
+    """The examples to evaluate: pairwise tasks add each pair with its candidates swapped when asked."""
+    with_swaps = getattr(task, "with_swaps", None)
+    return with_swaps(examples) if position_swap and with_swaps is not None else examples
+
+
 class EvalProgress:
     """A progress bar over prompts showing tokens/s and the running mean reward (main process only)."""
 
