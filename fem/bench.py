@@ -65,6 +65,12 @@ def _run(name: str, quick: bool, out: Path, extra: list[str]) -> int:
     return code
 
 
+def _report_target(root: Path, out: Path, quick: bool) -> Path:
+    """The top-level BENCHMARKS.md for the default results folder; ``OUT/BENCHMARKS.md`` otherwise (or with --quick)."""
+    default = not quick and out.resolve() == (root / "results").resolve()
+    return root.parent / "BENCHMARKS.md" if default else out / "BENCHMARKS.md"
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="fem bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -84,14 +90,13 @@ def main(argv: list[str]) -> int:
     if args.name == "report":
         from report import write_report  # benchmarks/report.py
 
-        print(f"wrote {write_report(out)}")
+        print(f"wrote {write_report(out, _report_target(root, out, args.quick))}")
         return 0
     if args.name == "all":
         failed = [n for n in ALL if _run(n, args.quick, out, extra) != 0]
         from report import write_report
 
-        target = root.parent / "BENCHMARKS.md" if not args.quick else out / "BENCHMARKS.md"
-        print(f"wrote {write_report(out, target)}")
+        print(f"wrote {write_report(out, _report_target(root, out, args.quick))}")
         if failed:
             print(f"fem bench: failed: {', '.join(failed)}", file=sys.stderr)
         return 1 if failed else 0

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from fem.errors import FemError
 from fem.proposals.base import Proposal, Trace
 from fem.tasks.base import Example, Prediction, Task
 
@@ -57,6 +58,37 @@ class Drawer(Protocol):
     def draw(self, examples: Sequence[Example], origin: str, n: int, *, seed: int) -> list[list[Sample]]: ...
 
 
+class ProposalError(FemError):
+    """A proposal returned something other than ``n`` traces for each prompt."""
+
+
+def proposal_label(proposal: Any) -> str:
+    """A proposal's name, plus its dotted class path when it is a user's class (what the recipe names)."""
+    cls = type(proposal)
+    name = getattr(proposal, "name", cls.__name__)
+    return name if cls.__module__.startswith("fem.") else f"{name} ({cls.__module__}.{cls.__qualname__})"
+
+
+def check_trace_counts(traces: Any, examples: Sequence[Example], n: int, proposal: str) -> None:
+    """Every prompt must get exactly ``n`` traces, in order: a missing row would shift later rows onto the wrong
+    examples and silently drop data."""
+    if not isinstance(traces, list) or len(traces) != len(examples):
+        got = len(traces) if isinstance(traces, list) else type(traces).__name__
+        span = f" ({examples[0].id} .. {examples[-1].id})" if examples else ""
+        raise ProposalError(
+            f"proposal '{proposal}' returned {got} trace lists for {len(examples)} prompts{span}",
+            field="proposal",
+            fix="propose(prompts, num_samples) must return one list of num_samples traces per prompt, in order",
+        )
+    for example, row in zip(examples, traces):
+        if len(row) != n:
+            raise ProposalError(
+                f"proposal '{proposal}' returned {len(row)} traces for example {example.id} (expected {n})",
+                field="proposal",
+                fix="propose(prompts, num_samples) must return num_samples traces for every prompt",
+            )
+
+
 @dataclass
 class ProposalDrawer:
     """The production drawer: task prompt -> token ids -> proposal traces -> task scoring."""
@@ -71,6 +103,7 @@ class ProposalDrawer:
     def draw(self, examples: Sequence[Example], origin: str, n: int, *, seed: int) -> list[list[Sample]]:
         prompts = [self.render(e, origin) for e in examples]
         traces = self.proposal.propose(prompts, n, seed=seed)
+        check_trace_counts(traces, examples, n, proposal_label(self.proposal))
         flat_examples = [e for e, ts in zip(examples, traces) for _ in ts]
         flat_prompts = [p for p, ts in zip(prompts, traces) for _ in ts]
         flat_traces = [t for ts in traces for t in ts]

@@ -9,6 +9,7 @@ samples per example (1, and the largest).
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -52,9 +53,14 @@ class CodeTask(DataTask):
         raise NotImplementedError
 
     def reward(self, extracted: Any | None, example: Example) -> float:
+        """1 when the tests ran to their end: exit status 0 *and* a fresh random token printed after the tests (so a
+        completion that exits with status 0 before the tests run, e.g. ``sys.exit(0)``, earns nothing)."""
         if extracted is None:
             return 0.0
-        return 1.0 if run_program(self.program(str(extracted), example), self.sandbox).passed else 0.0
+        token = secrets.token_hex(16)
+        program = self.program(str(extracted), example) + f"\nprint({token!r})\n"
+        result = run_program(program, self.sandbox)
+        return 1.0 if result.passed and result.stdout_tail.rstrip().endswith(token) else 0.0
 
     def answer_text(self, example: Example) -> str:
         return f"{example.answer.rstrip()}\n```"

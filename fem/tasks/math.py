@@ -58,6 +58,8 @@ def final_answer(text: str) -> str | None:
     said = _ANSWER_IS.findall(text)
     if said:
         value = said[-1].strip().strip("$ ").rstrip(".").strip("$ ")
+        if "\\boxed{" in value:  # a \boxed{ that never closes: a truncated answer, not an answer
+            return None
         return value or None
     return None
 

@@ -150,3 +150,17 @@ def test_runner_persists_chunks_and_resumes_without_loss_or_duplicates(tmp_path)
     assert kept_samples(crashed) == reference
     assert resumed["estep/kept_samples"] == full["estep/kept_samples"]
     assert estep_metrics(crashed, 1, num_examples=6)["estep/acceptance_rate"] == 1.0
+
+
+def test_drawer_refuses_a_proposal_that_drops_rows():
+    from fem.estep.base import ProposalDrawer, ProposalError
+
+    class Short:
+        name = "short"
+
+        def propose(self, prompts, num_samples=1, *, seed=0):
+            return [[Trace(token_ids=[1], text="x", logp=[-1.0])] * num_samples for _ in prompts[:-1]]
+
+    drawer = ProposalDrawer(task=None, proposal=Short(), render=lambda e, o: [1], score=None, train_completion=None)
+    with pytest.raises(ProposalError, match="returned 1 trace lists for 2 prompts"):
+        drawer.draw(EXAMPLES[:2], PLAIN, 2, seed=0)

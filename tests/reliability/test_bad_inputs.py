@@ -105,8 +105,27 @@ def test_real_cli_prints_one_line_and_exits_2(recipe, corpus, tmp_path):
 def test_yaml_is_loaded_safely_and_no_field_reaches_eval_exec_or_pickle():
     """Static guard: no eval/exec/pickle/unsafe YAML in the code that reads recipes, data and run state."""
     root = Path(__file__).resolve().parents[2] / "fem"
-    readers = ["recipe.py", "configs.py", "state.py", "train.py", "utils/io.py", "tasks/loading.py", "tasks/__init__.py"]
-    banned = ["eval(", "exec(", "import pickle", "pickle.load", "yaml.unsafe_load", "yaml.Loader", "FullLoader", "UnsafeLoader", "marshal", "torch.load("]
+    readers = [
+        "recipe.py",
+        "configs.py",
+        "state.py",
+        "train.py",
+        "utils/io.py",
+        "tasks/loading.py",
+        "tasks/__init__.py",
+    ]
+    banned = [
+        "eval(",
+        "exec(",
+        "import pickle",
+        "pickle.load",
+        "yaml.unsafe_load",
+        "yaml.Loader",
+        "FullLoader",
+        "UnsafeLoader",
+        "marshal",
+        "torch.load(",
+    ]
     for name in readers:
         text = (root / name).read_text()
         found = [b for b in banned if b in text and not (b == "eval(" and "eval(" not in text.replace("_eval(", ""))]

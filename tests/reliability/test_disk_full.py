@@ -14,7 +14,6 @@ from test_kill_resume import assert_same_as_reference, cache_dir, reference, tra
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 
-
 def assert_clear_disk_full_error(result) -> None:
     assert result.returncode not in (0, -9), result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
@@ -26,8 +25,11 @@ def assert_clear_disk_full_error(result) -> None:
 def tiny_disk(tmp_path):
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a size-limited tmpfs here (needs root); the simulated case still runs")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

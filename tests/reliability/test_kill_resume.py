@@ -49,7 +49,9 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 def train(out: Path, cache_dir: Path, **env: str):
-    return run_fem("train", "--config", RECIPE, "--output_dir", str(out), *FAST, env={"FEM_CACHE": str(cache_dir), **env})
+    return run_fem(
+        "train", "--config", RECIPE, "--output_dir", str(out), *FAST, env={"FEM_CACHE": str(cache_dir), **env}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +120,10 @@ def assert_same_as_reference(out: Path, reference: Path) -> None:
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["round"] for m in lines] == [-1, 0, 1]
     state = json.loads((out / "state.json").read_text())
-    assert state["finished"] and state["completed"] == {"0": ["estep", "mstep", "eval"], "1": ["estep", "mstep", "eval"]}
+    assert state["finished"] and state["completed"] == {
+        "0": ["estep", "mstep", "eval"],
+        "1": ["estep", "mstep", "eval"],
+    }
     assert_intact(out)
 
 

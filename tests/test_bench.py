@@ -1,0 +1,51 @@
+"""`fem bench`: the listing, and the exactness and mixing benchmarks end to end in --quick mode (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+
+from helpers import run_fem
+
+
+def test_bench_list():
+    res = run_fem("bench", "list", timeout=60)
+    assert res.returncode == 0, res.stderr
+    for name in ("exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em"):
+        assert name in res.stdout
+
+
+def test_bench_unknown_name_is_one_line_error():
+    res = run_fem("bench", "nope", timeout=60)
+    assert res.returncode == 2
+    assert "unknown benchmark 'nope'" in res.stderr and "Traceback" not in res.stderr
+
+
+def _check_record(record: dict, name: str) -> None:
+    assert record["benchmark"] == name and record["quick"] is True
+    assert record["command"] == f"fem bench {name} --quick"
+    for key in ("cpu", "cores", "torch", "load_average", "date"):
+        assert key in record["machine"]
+    assert record["results"] and record["goals"]
+    for g in record["goals"].values():
+        assert set(g) == {"goal", "value", "met"}
+
+
+def test_bench_exactness_and_mixing_quick(tmp_path):
+    for name in ("exactness", "mixing"):
+        res = run_fem("bench", name, "--quick", "--out", str(tmp_path), timeout=120)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    ex = json.loads((tmp_path / "exactness.json").read_text())
+    _check_record(ex, "exactness")
+    for row in ex["results"]:
+        assert row["exact_tv_ours"] <= 0.02  # ours is exact (up to finite N)
+        assert row["exact_tv_reference"] > 0.1  # the published kernels are visibly biased
+        assert row["sampled_tv_reference"] > row["sampled_tv_ours_er"] + 0.1
+        assert row["er_outputs_identical"]
+    assert ex["goals"]["ours_exact"]["met"] and ex["goals"]["reference_biased"]["met"]
+    mix = json.loads((tmp_path / "mixing.json").read_text())
+    _check_record(mix, "mixing")
+    rows = mix["results"]
+    assert {r["cut"] for r in rows} == {"uniform", "entropy"} and {r["sweep"] for r in rows} == {"T", "k"}
+    for r in rows:
+        assert {"T", "k", "steps_to_tv_0.1", "censored", "curve"} <= set(r)
+    assert (tmp_path / "mixing.png").is_file()
