@@ -140,8 +140,20 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs
         )
+    if gguf:
+        _mark_dequantized(model)
     model.eval()
     return model
+
+
+def _mark_dequantized(model) -> None:
+    """transformers flags a GGUF-loaded model as quantized although every weight was de-quantised into a plain
+    ``nn.Linear``; ``Trainer`` then refuses to fine-tune it. Clear the flag: the model is an ordinary float model."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    model.is_quantized = False
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
 
 
 def load_model_and_tokenizer(

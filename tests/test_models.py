@@ -57,3 +57,26 @@ def test_embedded_smollm2_loads_real_weights_offline_and_generates(monkeypatch):
         out = model.generate(**ids, max_new_tokens=12, do_sample=False)
     text = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in text, text
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_is_trainable_with_trl(tmp_path):
+    """A GGUF-loaded model is de-quantised: TRL's trainer must accept it for LoRA (it refuses quantized models)."""
+    from peft import LoraConfig
+    from trl import SFTTrainer
+
+    from fem.configs import mstep_config_class
+    from fem.mstep.sft import build_dataset
+
+    model, tokenizer = load_model_and_tokenizer(SMOLLM2_ALIAS)
+    assert not getattr(model, "is_quantized", False) and getattr(model, "hf_quantizer", None) is None
+    rows = [{"prompt": [{"role": "user", "content": "2+2?"}], "completion": "4", "weight": 1.0}] * 2
+    args = mstep_config_class()(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, report_to="none")
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=build_dataset(rows, tokenizer, False),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"),
+    )
+    assert trainer.train().global_step == 1
