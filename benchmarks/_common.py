@@ -1,0 +1,171 @@
+"""Shared helpers of the benchmark scripts: machine info, load average, matmul roofline, JSON output.
+
+Every script accepts ``--quick`` (seconds, used by tests/test_bench.py) and ``--out DIR`` and writes
+``DIR/<name>.json`` = ``{"benchmark", "command", "machine", "settings", "results", "goals"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def load() -> float:
+    """The 1-minute load average (recorded next to every timing: the machine is shared)."""
+    return round(os.getloadavg()[0], 2)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "git": git_commit(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def matmul_gflops(dtype_name: str = "float32", n: int = 1024, seconds: float = 0.5) -> dict[str, float]:
+    """Measured dense matmul throughput (n x n x n, current thread count): the roofline of decode/train."""
+    import torch
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best, reps, t_end = 0.0, 0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end or reps < 5:
+        t0 = time.perf_counter()
+        a @ b
+        dt = time.perf_counter() - t0
+        best = max(best, 2 * n**3 / dt / 1e9)
+        reps += 1
+    return {"dtype": dtype_name, "n": n, "gflops_best": round(best, 1), "load": load()}
+
+
+def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"fem bench {name}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="seconds-long smoke version (used by tests)")
+    p.add_argument("--out", default=str(RESULTS), help="folder for <name>.json (and plots)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def setup_threads() -> None:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+
+
+def command_line(name: str, quick: bool) -> str:
+    return f"fem bench {name}" + (" --quick" if quick else "")
+
+
+def write(
+    name: str, out: str | Path, *, quick: bool, settings: dict, results: Any, goals: dict, started: float, **extra
+) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "benchmark": name,
+        "command": command_line(name, quick),
+        "argv": " ".join(shlex.quote(a) for a in sys.argv),
+        "quick": quick,
+        "machine": machine_info(),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "settings": settings,
+        "results": results,
+        "goals": goals,
+        **extra,
+    }
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2, default=float))
+    print(f"\nwrote {path}")
+    return path
+
+
+def goal(description: str, value: Any, met: bool | None) -> dict[str, Any]:
+    """One goal line: what it asks, the measured value, met / missed (None: not measured in this run)."""
+    return {"goal": description, "value": value, "met": None if met is None else bool(met)}
+
+
+def table(rows: list[dict], cols: list[str], title: str | None = None) -> str:
+    """A plain-text (and Markdown-compatible) table."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
+        return "" if v is None else str(v)
+
+    lines = ([f"{title}"] if title else []) + ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def rss_mb() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:
+        return float("nan")
