@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Sequence
@@ -106,35 +107,12 @@ def score_completions(
     out: list[Prediction | None] = [None] * len(examples)
     closed = [i for i, ex in enumerate(examples) if task.options(ex)]
     opened = [i for i, ex in enumerate(examples) if not task.options(ex)]
-    for start in range(0, len(closed), batch_size):
-        rows = closed[start : start + batch_size]
-        for i, pred in zip(
-            rows,
-            _forced_closed(
-                task,
-                backend,
-                [examples[i] for i in rows],
-                [completions[i] for i in rows],
-                [prompt_ids[i] for i in rows],
-                [indices[i] for i in rows],
-                rng,
-            ),
-        ):
-            out[i] = pred
-    for start in range(0, len(opened), batch_size):
-        rows = opened[start : start + batch_size]
-        for i, pred in zip(
-            rows,
-            _forced_open(
-                task,
-                backend,
-                [examples[i] for i in rows],
-                [completions[i] for i in rows],
-                [prompt_ids[i] for i in rows],
-                [indices[i] for i in rows],
-            ),
-        ):
-            out[i] = pred
+    for kind, read in ((closed, functools.partial(_forced_closed, rng=rng)), (opened, _forced_open)):
+        for start in range(0, len(kind), batch_size):
+            rows = kind[start : start + batch_size]
+            picked = [[seq[i] for i in rows] for seq in (examples, completions, prompt_ids, indices)]
+            for i, pred in zip(rows, read(task, backend, *picked)):
+                out[i] = pred
     return [p for p in out if p is not None]
 
 
