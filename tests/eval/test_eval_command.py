@@ -75,17 +75,20 @@ def test_user_pairwise_file_with_field_mapping_only(tmp_path):
     m = metrics[label]
     for key in ("accuracy", "ece", "brier"):
         assert isinstance(m[f"eval/{key}"], float) and 0.0 <= m[f"eval/{key}"] <= 1.0, key
-    assert m["eval/examples"] == 5 and m["eval/predictions"] == 5
+    # each pair is also asked with the candidates swapped (position consistency): 5 pairs -> 10 prompts
+    assert m["eval/examples"] == 10 and m["eval/predictions"] == 10
+    assert m["eval/position_pairs"] == 5 and 0.0 <= m["eval/position_consistency"] <= 1.0
     assert m["eval/unparsed"] == 0  # forced mode always yields a verdict and a confidence
     assert m["eval/tokens_decoded"] > 0 and m["eval/wall_s"] > 0 and m["eval/tokens_per_s"] > 0
     preds = _predictions(out / "predictions.jsonl")
-    assert [p["example_id"] for p in preds] == [f"p{i}" for i in range(5)]
+    assert [p["example_id"] for p in preds] == [i for n in range(5) for i in (f"p{n}", f"p{n}:swapped")]
     for p in preds:
         assert {"example_id", "completion", "extracted", "reward", "confidence", "trace", "proposal"} <= set(p)
         assert p["extracted"] in ("A", "B") and p["reward"] in (0.0, 1.0)
         assert 0.5 <= p["confidence"] <= 1.0
         assert p["trace"]["cost"]["tokens_decoded"] >= 1
     gold = {f"p{i}": "A" if w == "left" else "B" for i, (*_, w) in enumerate(PAIRS)}
+    gold.update({f"{k}:swapped": "B" if v == "A" else "A" for k, v in list(gold.items())})
     assert all(p["reward"] == float(p["extracted"] == gold[p["example_id"]]) for p in preds)
     assert "accuracy" in (out / "report.md").read_text()
 
@@ -107,7 +110,8 @@ def test_side_by_side_proposals_on_the_same_prompts(tmp_path):
     for label in metrics:
         preds = _predictions(out / label.replace(":", "_") / "predictions.jsonl")
         ids[label] = [p["example_id"] for p in preds]
-    assert ids["ancestral"] == ids["power_mh:entropy"] == [f"p{i}" for i in range(len(PAIRS))]
+    pairs_both_ways = [i for n in range(len(PAIRS)) for i in (f"p{n}", f"p{n}:swapped")]
+    assert ids["ancestral"] == ids["power_mh:entropy"] == pairs_both_ways
     combined = _predictions(out / "predictions.jsonl")
     assert {p["proposal"] for p in combined} == set(metrics)
     # power_mh ran its MH steps and records them in the per-trace cost
