@@ -30,27 +30,9 @@ from fem.configs import ProposalConfig  # noqa: E402
 from fem.generation.base import SamplingParams  # noqa: E402
 from fem.proposals import build_proposal  # noqa: E402
 from fem.proposals.cuts import CutLaw  # noqa: E402
-from fem.testing.table_lm import empirical, exact_mh_kernel, hashed_table_lm, total_variation  # noqa: E402
+from fem.testing.table_lm import empirical, exact_mh_kernel, hashed_table_lm, q_suffixes, total_variation  # noqa: E402
 
 NAME = "exactness"
-
-
-def q_suffixes(lm, prefix: tuple, cap: int, params: SamplingParams) -> list[tuple[tuple, float]]:
-    """Every proposal suffix (until EOS or ``cap`` tokens) from ``prefix`` with its probability under q."""
-    out: list[tuple[tuple, float]] = []
-    prompt = tuple(lm.prompt)
-
-    def rec(s: tuple, prob: float) -> None:
-        if len(s) == cap or (s and s[-1] == lm.eos_id):
-            out.append((s, prob))
-            return
-        _, _, lq, _, _ = lm._row(prompt + prefix + s, params)
-        for tok, logq in enumerate(lq):
-            if logq > -math.inf:
-                rec(s + (tok,), prob * math.exp(logq))
-
-    rec((), 1.0)
-    return out
 
 
 _KERNELS: dict = {}

@@ -303,6 +303,26 @@ class StylizedDecisionLM(TableLM):
         return self.decision_distribution(alpha)[(0,) * self.k]
 
 
+def q_suffixes(
+    lm: TableLM, prefix: tuple[int, ...], cap: int, params: SamplingParams
+) -> list[tuple[tuple[int, ...], float]]:
+    """Every proposal suffix from ``prefix`` (until EOS or ``cap`` tokens) with its probability under the proposal q."""
+    prompt = tuple(lm.prompt)
+    out: list[tuple[tuple[int, ...], float]] = []
+
+    def rec(s: tuple[int, ...], prob: float) -> None:
+        if len(s) == cap or (s and s[-1] == lm.eos_id):
+            out.append((s, prob))
+            return
+        _, _, lq, _, _ = lm._row(prompt + prefix + s, params)
+        for tok, logq in enumerate(lq):
+            if logq > -math.inf:
+                rec(s + (tok,), prob * math.exp(logq))
+
+    rec((), 1.0)
+    return out
+
+
 def exact_mh_kernel(
     lm: TableLM,
     horizon: int,
@@ -341,22 +361,6 @@ def exact_mh_kernel(
             ents.append(h)
         return terms, ents
 
-    def suffixes(prefix: tuple[int, ...], cap: int):
-        """(suffix, q-probability) for every proposal from ``prefix`` with at most ``cap`` tokens."""
-        out = []
-
-        def rec(s: tuple[int, ...], prob: float) -> None:
-            if len(s) == cap or (s and s[-1] == lm.eos_id):
-                out.append((s, prob))
-                return
-            cdf, _, lq, _, _ = lm._row(prompt + prefix + s, params)
-            for tok, logq in enumerate(lq):
-                if logq > -math.inf:
-                    rec(s + (tok,), prob * math.exp(logq))
-
-        rec((), 1.0)
-        return out
-
     K = np.zeros((len(states), len(states)))
     for x in states:
         xi = index[x]
@@ -366,7 +370,7 @@ def exact_mh_kernel(
             if c[j] <= 0:
                 continue
             cap = (len(x) if compat else horizon) - j
-            for s, qs in suffixes(x[:j], cap):
+            for s, qs in q_suffixes(lm, x[:j], cap, params):
                 y = x[:j] + s
                 ratio = MHRatio(law, x_terms, x_ent, j, compat=compat)
                 y_terms, y_ent = stats(y)
