@@ -8,12 +8,16 @@ full-vocabulary rows are stored.
 KV reuse: identical prefixes in one call are encoded once and the cache is repeated across rows; callers that
 keep a row's cache (``RowCache``, returned by ``generate_cached(keep_cache=True)``) can decode from any prefix that
 extends a prefix of its tokens, re-encoding only the tokens the cache does not cover (one token for an MH cut).
+Inside ``reuse_prompts()`` the prompts ``generate`` encodes are also kept (bounded LRU), and ``next_token_logprobs``
+(the forced-answer read-out after a rationale) re-encodes only what follows the prompt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,7 +111,13 @@ class HFBackend:
     """GenerationBackend over a transformers causal LM (custom batched loop, DynamicCache, KV reuse)."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, *, eos_token_ids: Sequence[int] | None = None, score_batch_size: int = 16
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        eos_token_ids: Sequence[int] | None = None,
+        score_batch_size: int = 16,
+        prompt_cache_tokens: int = 16384,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -120,6 +130,10 @@ class HFBackend:
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_token_id = int(pad) if pad is not None else min(self.eos_token_ids)
         self.score_batch_size = score_batch_size
+        self.prompt_cache_tokens = prompt_cache_tokens
+        self._prompt_cache: OrderedDict[tuple[int, ...], RowCache] = OrderedDict()
+        self._prompt_cache_depth = 0
+        self.readout_tokens_encoded = 0  # tokens next_token_logprobs fed to the model (the rest came from the cache)
         self._base_model = model
         self._adapter_path: str | None = None
         self._own_adapter: str | None = None
@@ -140,6 +154,43 @@ class HFBackend:
     @property
     def adapter_path(self) -> str | None:
         return self._adapter_path
+
+    @contextlib.contextmanager
+    def reuse_prompts(self) -> Iterator[None]:
+        """Within the block, keep the KV of the prompts ``generate`` encodes (LRU, at most ``prompt_cache_tokens``
+        tokens) for ``next_token_logprobs`` to extend. Emptied when the outermost block exits: the weights may change
+        between blocks (a new adapter, an M-step)."""
+        self._prompt_cache_depth += 1
+        try:
+            yield
+        finally:
+            self._prompt_cache_depth -= 1
+            if self._prompt_cache_depth == 0:
+                self._prompt_cache.clear()
+
+    def _remember_prompt(self, cache: Any, row: int, mask_row: torch.Tensor, prompt: list[int]) -> None:
+        key = tuple(prompt)
+        if key in self._prompt_cache:
+            self._prompt_cache.move_to_end(key)
+            return
+        if len(key) > self.prompt_cache_tokens:
+            return
+        self._prompt_cache[key] = self._row_cache(cache, row, mask_row, prompt)
+        held = sum(len(k) for k in self._prompt_cache)
+        while held > self.prompt_cache_tokens:
+            oldest, _ = self._prompt_cache.popitem(last=False)
+            held -= len(oldest)
+
+    def _cached_prompt(self, prefix: Sequence[int]) -> RowCache | None:
+        """The longest kept prompt that is a proper prefix of ``prefix``."""
+        best: tuple[int, ...] | None = None
+        for key in self._prompt_cache:
+            if len(key) < len(prefix) and (best is None or len(key) > len(best)) and tuple(prefix[: len(key)]) == key:
+                best = key
+        if best is None:
+            return None
+        self._prompt_cache.move_to_end(best)
+        return self._prompt_cache[best]
 
     def load_adapter(self, path: str) -> None:
         """Load (or swap in) a PEFT adapter; later calls decode with it."""
@@ -297,6 +348,10 @@ class HFBackend:
                 src_caches.append(caches[i])
             src_of_row.append(sources[key])
         logits, cache, mask, next_pos, fed = self._prefill(src_prefixes, src_caches)
+        if self._prompt_cache_depth > 0:
+            for s, (prefix, rc) in enumerate(zip(src_prefixes, src_caches)):
+                if rc is None:
+                    self._remember_prompt(cache, s, mask[s], prefix)
         stats.forward_passes += 1
         stats.tokens_encoded += sum(fed)
         seen: set[int] = set()
@@ -387,6 +442,9 @@ class HFBackend:
 
     @torch.inference_mode()
     def next_token_logprobs(self, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Base next-token log-probabilities after each prefix, ``[batch, vocab]`` float32 on CPU."""
-        logits, _, _, _, _ = self._prefill([list(p) for p in prefixes], [None] * len(prefixes))
+        """Base next-token log-probabilities after each prefix, ``[batch, vocab]`` float32 on CPU. Inside
+        ``reuse_prompts()`` a prefix that extends a prompt ``generate`` encoded re-encodes only what follows it."""
+        caches = [self._cached_prompt(p) for p in prefixes] if self._prompt_cache else [None] * len(prefixes)
+        logits, _, _, _, fed = self._prefill([list(p) for p in prefixes], caches)
+        self.readout_tokens_encoded += sum(fed)
         return torch.log_softmax(logits.float(), dim=-1).cpu()

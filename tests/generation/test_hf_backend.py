@@ -193,3 +193,27 @@ def test_next_token_logprobs_normalised(tiny_backend):
     assert rows.shape == (3, tiny_backend.vocab_size) and rows.dtype == torch.float32
     assert torch.allclose(rows.exp().sum(-1), torch.ones(3), atol=1e-5)
     assert math.isfinite(float(rows.max()))
+
+
+def test_readout_reuses_the_prompts_generate_encoded(tiny_backend):
+    """Inside reuse_prompts the forced-answer read-out re-encodes only what follows the prompt, with the same
+    log-probabilities as a fresh encoding; the kept prompts are dropped at exit and bounded in tokens."""
+    prompts = _prompts(tiny_backend)
+    cue = tiny_backend.encode("\n\nVerdict:")
+    with tiny_backend.reuse_prompts():
+        conts, _ = tiny_backend.generate(prompts, SamplingParams(), 5, generator=torch.Generator().manual_seed(0))
+        readouts = [list(p) + c.token_ids + cue for p, c in zip(prompts, conts)]
+        start = tiny_backend.readout_tokens_encoded
+        reused = tiny_backend.next_token_logprobs(readouts)
+        assert tiny_backend.readout_tokens_encoded - start == sum(len(r) - len(p) for r, p in zip(readouts, prompts))
+    assert not tiny_backend._prompt_cache  # weights may change after the block: nothing survives it
+    start = tiny_backend.readout_tokens_encoded
+    fresh = tiny_backend.next_token_logprobs(readouts)
+    assert tiny_backend.readout_tokens_encoded - start == sum(len(r) for r in readouts)
+    assert torch.allclose(reused, fresh, atol=1e-4)
+    assert not torch.allclose(fresh[0], fresh[1], atol=1e-3)  # the rows differ: a mixed-up cache would show
+
+    small = HFBackend(tiny_backend.model, tiny_backend.tokenizer, prompt_cache_tokens=len(prompts[0]) + 1)
+    with small.reuse_prompts():
+        small.generate(prompts[:2], SamplingParams(temperature=0), 2)
+        assert list(small._prompt_cache) == [tuple(prompts[1])]  # the older prompt was evicted
