@@ -311,6 +311,16 @@ class EvalConfig:
         default=None, metadata={"help": "Proposal used for evaluation (default: ancestral at eval_temperature)."}
     )
     eval_temperature: float = field(default=0.0, metadata={"help": "Temperature of evaluation draws (0 = greedy)."})
+    eval_max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Response length cap of evaluation draws (default: max_new_tokens)."}
+    )
+    eval_answer_mode: str | None = field(
+        default=None,
+        metadata={
+            "help": "Answer mode of evaluation (default: answer_mode). E.g. a forced E-step with generate evaluation: "
+            "the E-step reads verdicts through the cue, evaluation scores what the model writes by itself."
+        },
+    )
     num_samples: int = field(default=1, metadata={"help": "Samples per eval prompt (pass@k / maj@k use them)."})
     eval_before_training: bool = field(default=True, metadata={"help": "Evaluate the base model before round 0."})
     eval_every_round: bool = field(default=True, metadata={"help": "Evaluate after every round's M-step."})
@@ -336,6 +346,14 @@ class EvalConfig:
             f"must be >= 0 (got {self.eval_temperature})",
             "use 0 for greedy",
         )
+        _check(
+            self.eval_max_new_tokens is None or self.eval_max_new_tokens >= 1,
+            "eval_max_new_tokens",
+            f"must be >= 1 (got {self.eval_max_new_tokens})",
+            "leave it unset to use max_new_tokens",
+        )
+        if self.eval_answer_mode is not None:
+            _check_choice(self.eval_answer_mode, ANSWER_MODES, "eval_answer_mode")
         _check(
             self.num_samples >= 1,
             "num_samples",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 from dataclasses import dataclass
@@ -33,27 +34,37 @@ class Runtime:
     def messages(self, example: Example, origin: str) -> Messages:
         return self.task.prompt(example) if origin == PLAIN else self.task.hinted_prompt(example)
 
-    def proposal(self, name: str | None = None, *, temperature: float | None = None) -> Proposal:
+    def proposal(
+        self, name: str | None = None, *, temperature: float | None = None, max_new_tokens: int | None = None
+    ) -> Proposal:
         from fem.proposals import build_proposal
 
         config = self.configs.proposal
         if temperature is not None:
             config = dataclasses.replace(config, temperature=temperature)
+        if max_new_tokens is not None:
+            config = dataclasses.replace(config, max_new_tokens=max_new_tokens)
         return build_proposal(config, self.backend, name=name or config.proposal)
 
     def eval_proposal(self, name: str | None = None) -> Proposal:
-        """The evaluation proposal: ``eval_proposal`` (default ancestral) at ``eval_temperature``."""
+        """The evaluation proposal: ``eval_proposal`` (default ancestral) at ``eval_temperature`` and
+        ``eval_max_new_tokens``."""
         return self.proposal(
-            name or self.configs.eval.eval_proposal or "ancestral", temperature=self.configs.eval.eval_temperature
+            name or self.configs.eval.eval_proposal or "ancestral",
+            temperature=self.configs.eval.eval_temperature,
+            max_new_tokens=self.configs.eval.eval_max_new_tokens,
         )
 
     def drawer(self, proposal: Proposal, *, sample_answers: bool = False) -> ProposalDrawer:
         """Draw and score with ``proposal``. ``sample_answers`` (the E-step): in forced answer mode the verdict is
-        sampled from the model's option probabilities; otherwise (evaluation) it is their argmax."""
+        sampled from the model's option probabilities; otherwise (evaluation) it is their argmax, in the
+        evaluation's answer mode (``eval_answer_mode``, default ``answer_mode``)."""
         from fem.tasks.answering import score_completions, training_completion
         from fem.tasks.prompting import render_prompt
 
         mode = self.configs.task.answer_mode
+        if not sample_answers:
+            mode = self.configs.eval.eval_answer_mode or mode
 
         def render(example: Example, origin: str) -> list[int]:
             return render_prompt(self.tokenizer, self.messages(example, origin))
@@ -67,7 +78,10 @@ class Runtime:
             proposal=proposal,
             render=render,
             score=score,
-            train_completion=lambda rationale, example: training_completion(self.task, rationale, example),
+            train_completion=lambda rationale, example, confidence=None: training_completion(
+                self.task, rationale, example, confidence
+            ),
+            session=getattr(self.backend, "reuse_prompts", contextlib.nullcontext),
         )
 
 

@@ -75,7 +75,9 @@ def _validate_before_compute(configs: Configs, *, check_output: bool = True) -> 
     return {
         "model": f"{configs.model.model_name_or_path} -> {model_source[0] if model_source[0] != configs.model.model_name_or_path else 'hub id or not-yet-existing path: resolved at load time'}"
         + (f" [{model_source[1]}]" if model_source[1] else ""),
-        "task": f"{configs.task.task} (answer_mode={configs.task.answer_mode})",
+        "task": f"{configs.task.task} (answer_mode={configs.task.answer_mode}"
+        + (f", eval {configs.eval.eval_answer_mode}" if configs.eval.eval_answer_mode else "")
+        + ")",
         "data": data,
         "scheme": f"{configs.estep.scheme} (M={configs.estep.estep_samples}, keep<={configs.estep.estep_max_keep})",
         "proposal": proposal,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -97,17 +98,20 @@ class ProposalDrawer:
     proposal: Proposal
     render: Callable[[Example, str], list[int]]  # (example, origin) -> prompt token ids
     score: Callable[[Sequence[Example], Sequence[list[int]], Sequence[str], int], list[Prediction]]  # (..., seed)
-    train_completion: Callable[[str, Example], str]
+    train_completion: Callable[[str, Example, float | None], str]  # (rationale, example, stated confidence)
     extra: dict[str, Any] = field(default_factory=dict)
+    # around each draw-and-score: e.g. the backend keeping the prompts' KV for the forced-answer read-out
+    session: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
 
     def draw(self, examples: Sequence[Example], origin: str, n: int, *, seed: int) -> list[list[Sample]]:
         prompts = [self.render(e, origin) for e in examples]
-        traces = self.proposal.propose(prompts, n, seed=seed)
-        check_trace_counts(traces, examples, n, proposal_label(self.proposal))
-        flat_examples = [e for e, ts in zip(examples, traces) for _ in ts]
-        flat_prompts = [p for p, ts in zip(prompts, traces) for _ in ts]
-        flat_traces = [t for ts in traces for t in ts]
-        predictions = self.score(flat_examples, flat_prompts, [t.text for t in flat_traces], seed)
+        with self.session():
+            traces = self.proposal.propose(prompts, n, seed=seed)
+            check_trace_counts(traces, examples, n, proposal_label(self.proposal))
+            flat_examples = [e for e, ts in zip(examples, traces) for _ in ts]
+            flat_prompts = [p for p, ts in zip(prompts, traces) for _ in ts]
+            flat_traces = [t for ts in traces for t in ts]
+            predictions = self.score(flat_examples, flat_prompts, [t.text for t in flat_traces], seed)
         out: list[list[Sample]] = [[] for _ in examples]
         i = 0
         for row, ts in enumerate(traces):
@@ -121,7 +125,7 @@ class ProposalDrawer:
                         attempt=attempt,
                         trace=trace,
                         prediction=pred,
-                        completion=self.train_completion(trace.text, examples[row]),
+                        completion=self.train_completion(trace.text, examples[row], pred.confidence),
                     )
                 )
                 i += 1

@@ -58,12 +58,14 @@ def proposal_variants(configs: Configs) -> list[tuple[str, Any]]:
 
     Without ``proposals`` the evaluation proposal is used (``eval_proposal``, default ancestral), as between EM
     rounds, so ``fem eval --adapter RUN_DIR`` reproduces the last round's eval. Every variant draws at
-    ``eval_temperature`` (power_mh's suffix proposal runs at ``1/alpha`` whatever it is)."""
+    ``eval_temperature`` and ``eval_max_new_tokens`` (power_mh's suffix proposal runs at ``1/alpha`` whatever it is)."""
     names = configs.eval.proposal_list or [configs.eval.eval_proposal or "ancestral"]
     variants = []
     for label in names:
         name, _, cut = label.partition(":")
         config = dataclasses.replace(configs.proposal, proposal=name, temperature=configs.eval.eval_temperature)
+        if configs.eval.eval_max_new_tokens is not None:
+            config = dataclasses.replace(config, max_new_tokens=configs.eval.eval_max_new_tokens)
         if cut:
             if name != "power_mh" or cut not in ("uniform", "entropy"):
                 raise ConfigError(
@@ -95,7 +97,7 @@ def validate_eval(configs: Configs, variants: list[tuple[str, Any]]) -> dict[str
     return {
         "model": f"{configs.model.model_name_or_path} -> {source[0]}" + (f" [{source[1]}]" if source[1] else ""),
         "adapter": adapter or "none",
-        "task": f"{configs.task.task} (answer_mode={configs.task.answer_mode})",
+        "task": f"{configs.task.task} (answer_mode={configs.eval.eval_answer_mode or configs.task.answer_mode})",
         "data": f"eval={data['eval']}",
         "proposals": ", ".join(label for label, _ in variants),
         "settings": f"temperature={configs.eval.eval_temperature}, T={p.max_new_tokens}, alpha={p.power_alpha}, "

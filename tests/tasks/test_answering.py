@@ -125,3 +125,67 @@ def test_summarize_human_target_metrics():
     m = task.metrics([Prediction("s", "", "B", 1.0, 0, 0.9)], [ex])
     assert m["brier"] == pytest.approx((0.9 - 8.5 / 9) ** 2)
     assert m["accuracy_by_human_confidence"]["definite (1/9)"]["accuracy"] == 1.0
+
+
+def _runtime(fake, **eval_kwargs):
+    from fem.configs import Configs, EMConfig, EStepConfig, EvalConfig, ProposalConfig
+    from fem.runtime import Runtime
+
+    task_config = TaskConfig(task="judge", answer_mode="forced")
+    configs = Configs(
+        task=task_config,
+        proposal=ProposalConfig(max_new_tokens=16),
+        estep=EStepConfig(),
+        eval=EvalConfig(**eval_kwargs),
+        em=EMConfig(),
+        mstep=None,
+        model=None,
+    )
+    return Runtime(configs, build_task(task_config), None, None, fake, None)
+
+
+def test_estep_keeps_the_read_out_confidence_in_the_training_completion(fake_backend):
+    """A forced E-step trains the whole asked format: rationale, verdict, and the model's read-out probability as
+    its stated confidence, so a model trained on it writes what generate-mode evaluation parses."""
+    import math
+
+    from fem.estep.base import PLAIN
+    from fem.proposals.base import Trace
+
+    class Fixed:
+        name = "fixed"
+
+        def propose(self, prompts, num_samples=1, *, seed=0):
+            return [[Trace(token_ids=[1], text="A is right.", logp=[-1.0])] * num_samples for _ in prompts]
+
+    runtime = _runtime(fake_backend(prefer={"A": 2.0, "B": 1.0}))
+    drawer = runtime.drawer(Fixed(), sample_answers=True)
+    drawer.render = lambda example, origin: [1, 2]
+    [[sample]] = drawer.draw([judge_example("A")], PLAIN, 1, seed=0)
+    p_a = math.exp(2) / (math.exp(2) + math.exp(1))
+    expected = round(100 * p_a) if sample.prediction.extracted == "A" else round(100 * (1 - p_a))
+    assert sample.completion == f"A is right.\n\nVerdict: A\nConfidence: {expected}%"
+    assert runtime.task.extract(sample.completion) == "A"
+    assert runtime.task.extract_confidence(sample.completion) == pytest.approx(expected / 100)
+
+
+def test_eval_answer_mode_overrides_the_answer_mode_of_evaluation_only(fake_backend):
+    runtime = _runtime(fake_backend(prefer={"A": 2.0}), eval_answer_mode="generate")
+    ex = judge_example("A")
+    written = "B looks better.\nVerdict: B\nConfidence: 70%"
+    [evaluated] = runtime.drawer(None).score([ex], [[1]], [written], 0)
+    assert evaluated.info["mode"] == "generate" and evaluated.extracted == "B" and evaluated.confidence == 0.7
+    [estep] = runtime.drawer(None, sample_answers=True).score([ex], [[1]], [written], 0)
+    assert estep.info["mode"] == "forced"
+    [no_format] = runtime.drawer(None).score([ex], [[1]], ["B looks better."], 0)
+    assert not no_format.parsed and no_format.reward == 0.0
+
+
+def test_eval_answer_mode_is_checked():
+    from fem.configs import EvalConfig
+    from fem.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="eval_answer_mode"):
+        EvalConfig(eval_answer_mode="guess")
+    with pytest.raises(ConfigError, match="eval_max_new_tokens"):
+        EvalConfig(eval_max_new_tokens=0)
