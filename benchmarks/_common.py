@@ -169,3 +169,23 @@ def rss_mb() -> float:
         return psutil.Process().memory_info().rss / 2**20
     except ImportError:
         return float("nan")
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux ``clear_refs`` 5), so ``phase_peak_rss_mb`` measures what follows."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def phase_peak_rss_mb() -> float:
+    """Peak RSS since the last ``reset_peak_rss`` (VmHWM); ru_maxrss where /proc is not available."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return peak_rss_mb()

@@ -35,7 +35,7 @@ def main() -> int:
         model, tok = load_model_and_tokenizer(path)
         backend = HFBackend(model, tok)
         alpha, block, horizon, steps, prompts_n, samples = (
-            (4.0, 8, 32, 2, 2, 2) if args.quick else (4.0, 16, 48, 2, 2, 2)
+            (4.0, 8, 32, 2, 2, 2) if args.quick else (4.0, 16, 64, 2, 4, 2)
         )
         load0 = C.load()
         res = BP.bench_power(
