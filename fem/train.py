@@ -118,7 +118,7 @@ SUMMARY_COLUMNS = (
     ("eval/accuracy", "accuracy"),
     ("eval/ece", "ECE"),
     ("eval/brier", "Brier"),
-    ("eval/unparsed_rate", "unparsed"),
+    ("eval/parsed_fraction", "parsed"),
     ("estep/acceptance_rate", "accept"),
     ("estep/kept_samples", "kept"),
     ("mstep/loss", "M-loss"),

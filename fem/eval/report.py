@@ -638,6 +638,7 @@ ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
     ("accuracy", "eval/accuracy"),
     ("ECE", "eval/ece"),
     ("Brier", "eval/brier"),
+    ("parsed", "eval/parsed_fraction"),
     ("E-step acceptance", "estep/acceptance_rate"),
     ("kept", "estep/kept_samples"),
     ("draws/example", "estep/samples_per_example"),

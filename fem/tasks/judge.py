@@ -141,7 +141,10 @@ class PairwiseTask(DataTask):
         scored = [p for p in preds if p.parsed and p.confidence is not None]
         out["unparsed"] = sum(1 for p in preds if not p.parsed)
         out["parsed_fraction"] = len(scored) / len(preds) if preds else 0.0
-        out.update(calibration_metrics([float(p.confidence) for p in scored], [p.reward for p in scored]))
+        if scored:  # ECE and Brier of the verdicts that came with a confidence; undefined (None) without any
+            out.update(calibration_metrics([float(p.confidence) for p in scored], [p.reward for p in scored]))
+        else:
+            out.update({"ece": None, "brier": None, "reliability": []})
         out["mean_confidence"] = sum(float(p.confidence) for p in scored) / len(scored) if scored else None
         out.update(position_consistency(preds))
         return out
