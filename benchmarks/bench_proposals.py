@@ -152,14 +152,26 @@ class ReferenceMH:
 
 
 def bench_power(
-    model, tokenizer, backend, prompts, samples: int, alpha: float, block: int, horizon: int, steps: int, seed: int
+    model,
+    tokenizer,
+    backend,
+    prompts,
+    samples: int,
+    alpha: float,
+    block: int,
+    horizon: int,
+    steps: int,
+    seed: int,
+    reference_prompts: int | None = None,
 ) -> dict:
+    """``reference_prompts``: run the (sequential, batch-1) reference loop on the first prompts only; its chains are
+    the same as in a full run (one rng, prompts in order) and its per-step figures need no more."""
     ref = ReferenceMH(model, tokenizer, alpha, block, horizon, steps)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        for p in prompts:
+        for p in prompts[:reference_prompts]:
             for _ in range(samples):
                 ref.sample(p, rng)
     ref_wall = time.perf_counter() - t0
@@ -206,7 +218,14 @@ def bench_power(
     per_step = lambda d, k: d[k] / max(d["mh_steps"], 1)  # noqa: E731
     n = len(prompts) * samples
     return {
-        "settings": {"alpha": alpha, "block": block, "horizon": horizon, "steps": steps, "chains": n},
+        "settings": {
+            "alpha": alpha,
+            "block": block,
+            "horizon": horizon,
+            "steps": steps,
+            "chains": n,
+            "reference_chains": len(prompts[:reference_prompts]) * samples,
+        },
         "reference": reference,
         "ours": ours,
         "ancestral": {"wall_s": anc_wall, "tokens_decoded": sum(t.num_tokens for t in anc)},
