@@ -53,7 +53,7 @@ format:
 	$(VENV)/bin/ruff check --fix fem tests benchmarks
 	$(VENV)/bin/ruff format fem tests benchmarks
 
-bench:  ## every benchmark (~40 min on 2 CPU cores): JSON under benchmarks/results/, then BENCHMARKS.md
+bench:  ## every benchmark (~50 min on 2 CPU cores): JSON under benchmarks/results/, then BENCHMARKS.md
 	$(VENV)/bin/fem bench all --out benchmarks/results
 
 bench-core:  ## the claims' subset (< 20 min on 2 CPU cores): exactness, mixing, power_cost, memory, mstep

@@ -93,6 +93,7 @@ COLUMNS = {
         "mstep_loss",
         "eval_accuracy",
         "eval_ece",
+        "eval_parsed",
         "run_wall_s",
         "load",
     ],

@@ -2,7 +2,7 @@
 
     fem bench list                       the benchmarks and what each measures
     fem bench NAME [--quick] [--out DIR] one benchmark (JSON into DIR, default benchmarks/results)
-    fem bench all [--quick] [--out DIR]  every benchmark, then BENCHMARKS.md (what `make bench` runs; ~40 min on 2 cores)
+    fem bench all [--quick] [--out DIR]  every benchmark, then BENCHMARKS.md (what `make bench` runs; ~50 min on 2 cores)
     fem bench core [--out DIR]           the claims' subset (exactness, mixing, power_cost, memory, mstep; < 20 min
                                          on 2 cores, `make bench-core`), then BENCHMARKS.md from every JSON in DIR
     fem bench report [--out DIR]         rebuild BENCHMARKS.md from the JSON in DIR

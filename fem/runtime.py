@@ -81,7 +81,10 @@ class Runtime:
             train_completion=lambda rationale, example, confidence=None: training_completion(
                 self.task, rationale, example, confidence
             ),
-            session=getattr(self.backend, "reuse_prompts", contextlib.nullcontext),
+            # the forced read-out extends each prompt: keep the prompts' KV for it (no use, and no memory, otherwise)
+            session=getattr(self.backend, "reuse_prompts", contextlib.nullcontext)
+            if mode == "forced"
+            else contextlib.nullcontext,
         )
 
 

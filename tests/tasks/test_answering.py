@@ -181,6 +181,16 @@ def test_eval_answer_mode_overrides_the_answer_mode_of_evaluation_only(fake_back
     assert not no_format.parsed and no_format.reward == 0.0
 
 
+def test_prompt_kv_is_kept_only_for_a_forced_read_out(fake_backend):
+    import contextlib
+
+    backend = fake_backend()
+    backend.reuse_prompts = lambda: contextlib.nullcontext()  # stands for HFBackend.reuse_prompts
+    runtime = _runtime(backend, eval_answer_mode="generate")
+    assert runtime.drawer(None, sample_answers=True).session is backend.reuse_prompts  # forced E-step
+    assert runtime.drawer(None).session is contextlib.nullcontext  # generate-mode evaluation
+
+
 def test_eval_answer_mode_is_checked():
     from fem.configs import EvalConfig
     from fem.errors import ConfigError
