@@ -100,7 +100,7 @@ def validate_eval(configs: Configs, variants: list[tuple[str, Any]]) -> dict[str
         "task": f"{configs.task.task} (answer_mode={configs.eval.eval_answer_mode or configs.task.answer_mode})",
         "data": f"eval={data['eval']}",
         "proposals": ", ".join(label for label, _ in variants),
-        "settings": f"temperature={configs.eval.eval_temperature}, T={p.max_new_tokens}, alpha={p.power_alpha}, "
+        "settings": f"temperature={configs.eval.eval_temperature}, T={configs.eval.eval_max_new_tokens or p.max_new_tokens}, alpha={p.power_alpha}, "
         f"B={p.block_size}, N={p.power_mh_steps}, beta={p.power_beta}, samples/prompt={configs.eval.num_samples}",
         "output_dir": str(Path(configs.mstep.output_dir) / "eval"),
     }
