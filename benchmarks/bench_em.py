@@ -159,22 +159,7 @@ def main() -> int:
                     epochs=2,
                     eval_before="true" if i == 0 else "false",
                 )
-    C.table(
-        rows,
-        [
-            "task",
-            "scheme",
-            "round",
-            "acceptance_rate",
-            "kept_samples",
-            "mstep_loss",
-            "eval_accuracy",
-            "eval_ece",
-            "eval_parsed",
-            "run_wall_s",
-            "load",
-        ],
-    )
+    C.table(rows, C.COLUMNS[NAME])
     goals = {}
     for task in dict.fromkeys(r["task"] for r in rows):
         base = next((r for r in rows if r["task"] == task and r.get("round") == -1), None)

@@ -179,22 +179,7 @@ def main() -> int:
                     f"seed {seed} alpha {alpha} {cut}: exact ours {row['exact_tv_ours']:.4f}  reference {row['exact_tv_reference']:.4f}",
                     flush=True,
                 )
-    C.table(
-        rows,
-        [
-            "lm_seed",
-            "alpha",
-            "cut",
-            "exact_tv_ours",
-            "exact_tv_reference",
-            "exact_tv_ours_early_stop",
-            "sampled_tv_ours_er",
-            "sampled_tv_ours_no_er",
-            "sampled_tv_reference",
-            "sampling_noise_floor",
-            "tv_low_temp",
-        ],
-    )
+    C.table(rows, C.COLUMNS[NAME])
     worst_ours = max(r["exact_tv_ours"] for r in rows)
     best_ref = min(r["exact_tv_reference"] for r in rows)
     sampled = [r for r in rows if "sampled_tv_ours_er" in r]

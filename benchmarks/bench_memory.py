@@ -120,21 +120,7 @@ def main() -> int:
             )
     for r in rows:
         r["model"] = label
-    C.table(
-        rows,
-        [
-            "model",
-            "part",
-            "param_mb",
-            "rss_after_load_mb",
-            "increase_over_load_mb",
-            "peak_rss_mb",
-            "tokens_held",
-            "kv_held_mb",
-            "phase_s",
-            "load",
-        ],
-    )
+    C.table(rows, C.COLUMNS[NAME])
     batch = next(r for r in rows if r["part"] == "decode64")
     pw = next(r for r in rows if r["part"] == "power")
     budget = pw["kv_held_mb"] + batch["increase_over_load_mb"]

@@ -142,22 +142,7 @@ def main() -> int:
                 )
     for r in rows:
         r["steps"] = fmt_steps(r)
-    C.table(
-        rows,
-        [
-            "sweep",
-            "T",
-            "k",
-            "cut",
-            "steps",
-            "steps_to_90pct_accuracy",
-            "decoded_tokens_per_chain_step",
-            "accuracy_p",
-            "accuracy_p_alpha",
-            "wall_s",
-            "load",
-        ],
-    )
+    C.table(rows, C.COLUMNS[NAME])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     png = plot(rows, out, fixed_k, fixed_T)

@@ -56,10 +56,7 @@ def main() -> int:
                     }
                 )
                 print(rows[-1], flush=True)
-    C.table(
-        rows,
-        ["impl", "rep", "steps", "tokens", "train_runtime_s", "wall_s", "tokens_per_s", "tokens_per_s_wall", "load"],
-    )
+    C.table(rows, C.COLUMNS[NAME])
 
     def paired(key: str) -> float:
         by = {(r["impl"], r["rep"]): r[key] for r in rows}

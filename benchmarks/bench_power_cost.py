@@ -81,7 +81,7 @@ def main() -> int:
             "acceptance": res["ours"]["no_early_rejection"]["acceptance"],
         },
     ]
-    C.table(rows, ["sampler", "s_per_mh_step", "decoded_per_step", "reencoded_per_step", "acceptance"])
+    C.table(rows, C.COLUMNS[NAME])
     stages = math.ceil(horizon / block)
     formula = steps * horizon / (4 * block)
     exact_sum = (steps * sum(k * block / 2 for k in range(1, stages + 1)) + horizon) / horizon

@@ -166,7 +166,7 @@ def main() -> int:
     T, B, N = 48, 16, 2
     if n_gsm:
         rows += gsm8k(n_gsm, T, B, N, args.seed)
-    C.table(rows, ["task", "sampler", "accuracy", "tokens_per_sample", "wall_s", "load"])
+    C.table(rows, C.COLUMNS[NAME])
     ent = next(r for r in rows if r["task"].startswith("stylized") and "entropy" in r["sampler"])
     others = [r for r in rows if r["task"].startswith("stylized") and r is not ent]
     goals = {

@@ -78,20 +78,7 @@ def main() -> int:
             for dtype in ["float32"] if args.quick else ["float32", "bfloat16"]:
                 max_new = 16 if args.quick else (64 if label == "tiny" else 32)
                 rows += run_model(label, path, dtype, [1, 8] if args.quick else [1, 8, 32], max_new, 4, args.seed)
-    C.table(
-        rows,
-        [
-            "model",
-            "dtype",
-            "batch",
-            "tokens_per_s",
-            "generate_loop_tokens_per_s",
-            "ratio_vs_generate_loop",
-            "roofline_tokens_per_s",
-            "fraction_of_roofline",
-            "load",
-        ],
-    )
+    C.table(rows, C.COLUMNS[NAME])
     big = [r for r in rows if r["batch"] == max(r2["batch"] for r2 in rows)]
     goals = {
         f"{r['model']}_{r['dtype']}_batch{r['batch']}": C.goal(

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from _common import COLUMNS  # benchmarks/ is on sys.path when fem bench imports this module
+
 ORDER = ["exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em"]
 TITLES = {
     "exactness": "1. Exactness: TV to the exact p^alpha on table LMs",
@@ -17,86 +19,6 @@ TITLES = {
     "memory": "6. Memory",
     "mstep": "7. M-step overhead (vs plain TRL SFTTrainer + LoRA)",
     "em": "8. EM schemes",
-}
-COLUMNS = {
-    "exactness": [
-        "lm_seed",
-        "alpha",
-        "cut",
-        "N",
-        "exact_tv_ours",
-        "exact_tv_reference",
-        "exact_tv_ours_early_stop",
-        "exact_tv_reference_early_stop",
-        "exact_tv_reference_N100000",
-        "sampled_tv_ours_er",
-        "sampled_tv_ours_no_er",
-        "sampled_tv_reference",
-        "sampling_noise_floor",
-        "tv_low_temp",
-        "tv_base_p",
-    ],
-    "mixing": [
-        "sweep",
-        "T",
-        "k",
-        "cut",
-        "steps",
-        "steps_to_90pct_accuracy",
-        "decoded_tokens_per_chain_step",
-        "accuracy_p_alpha",
-        "wall_s",
-        "load",
-    ],
-    "throughput": [
-        "model",
-        "dtype",
-        "batch",
-        "tokens_per_s",
-        "generate_loop_tokens_per_s",
-        "ratio_vs_generate_loop",
-        "matmul_gflops",
-        "roofline_tokens_per_s",
-        "fraction_of_roofline",
-        "load",
-    ],
-    "power_cost": ["sampler", "s_per_mh_step", "decoded_per_step", "reencoded_per_step", "acceptance"],
-    "quality": ["task", "sampler", "accuracy", "tokens_per_sample", "wall_s", "load"],
-    "memory": [
-        "model",
-        "part",
-        "param_mb",
-        "peak_rss_mb",
-        "increase_over_load_mb",
-        "tokens_held",
-        "kv_held_mb",
-        "phase_s",
-        "load",
-    ],
-    "mstep": [
-        "impl",
-        "rep",
-        "steps",
-        "tokens",
-        "train_runtime_s",
-        "wall_s",
-        "tokens_per_s",
-        "tokens_per_s_wall",
-        "load",
-    ],
-    "em": [
-        "task",
-        "scheme",
-        "round",
-        "acceptance_rate",
-        "kept_samples",
-        "mstep_loss",
-        "eval_accuracy",
-        "eval_ece",
-        "eval_parsed",
-        "run_wall_s",
-        "load",
-    ],
 }
 
 
