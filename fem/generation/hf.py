@@ -8,8 +8,9 @@ full-vocabulary rows are stored.
 KV reuse: identical prefixes in one call are encoded once and the cache is repeated across rows; callers that
 keep a row's cache (``RowCache``, returned by ``generate_cached(keep_cache=True)``) can decode from any prefix that
 extends a prefix of its tokens, re-encoding only the tokens the cache does not cover (one token for an MH cut).
-Inside ``reuse_prompts()`` the prompts ``generate`` encodes are also kept (bounded LRU), and ``next_token_logprobs``
-(the forced-answer read-out after a rationale) re-encodes only what follows the prompt.
+Inside ``reuse_prompts()`` the prompts ``generate`` encodes are also kept (bounded LRU), and a later prefix that
+extends one (the forced-answer read-out after a rationale, by ``next_token_logprobs`` or greedy ``generate``)
+re-encodes only what follows the prompt.
 """
 
 from __future__ import annotations
@@ -323,6 +324,8 @@ class HFBackend:
         if len(caps) != n:
             raise ValueError(f"max_new_tokens has {len(caps)} entries for {n} prefixes")
         caches = list(caches) if caches is not None else [None] * n
+        if self._prompt_cache:  # inside reuse_prompts: a prefix that extends a kept prompt starts from its KV
+            caches = [c if c is not None else self._cached_prompt(p) for c, p in zip(caches, prefixes)]
         if any(len(p) == 0 for p in prefixes):
             raise ValueError("every prefix needs at least one token")
         conts = [Continuation() for _ in range(n)]

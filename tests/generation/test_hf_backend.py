@@ -213,6 +213,15 @@ def test_readout_reuses_the_prompts_generate_encoded(tiny_backend):
     assert torch.allclose(reused, fresh, atol=1e-4)
     assert not torch.allclose(fresh[0], fresh[1], atol=1e-3)  # the rows differ: a mixed-up cache would show
 
+    with tiny_backend.reuse_prompts():  # an open read-out (greedy generate after the cue) extends the prompt alike
+        tiny_backend.generate(prompts, SamplingParams(), 5, generator=torch.Generator().manual_seed(0))
+        kept = len(tiny_backend._prompt_cache)
+        reused_open = tiny_backend.generate_cached(readouts, SamplingParams(temperature=0), 4)
+        assert len(tiny_backend._prompt_cache) == kept  # read-out prefixes are not kept themselves
+    fresh_open = tiny_backend.generate_cached(readouts, SamplingParams(temperature=0), 4)
+    assert reused_open.encoded == [len(r) - len(p) for r, p in zip(readouts, prompts)]
+    assert [c.token_ids for c in reused_open.continuations] == [c.token_ids for c in fresh_open.continuations]
+
     small = HFBackend(tiny_backend.model, tiny_backend.tokenizer, prompt_cache_tokens=len(prompts[0]) + 1)
     with small.reuse_prompts():
         small.generate(prompts[:2], SamplingParams(temperature=0), 2)
