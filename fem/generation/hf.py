@@ -25,19 +25,57 @@ from typing import Any
 import torch
 
 from fem.generation.base import Continuation, DecodeStats, SamplingParams, StopCallback
+from fem.generation.kv_cache import PreallocatedCache, PreallocatedLayer
 
 
 @dataclass
 class RowCache:
-    """KV states of the first ``length`` tokens of ``token_ids`` for one row (per layer ``[heads, length, dim]``)."""
+    """KV states of the first ``length`` tokens of ``token_ids`` for one row.
+
+    The first ``base_length`` tokens live in ``base`` (shared with the cache this row was decoded from, not
+    copied); the rest in ``keys``/``values`` (per layer ``[heads, n, dim]``). ``materialize()`` makes one
+    self-contained copy, after which the base can be freed.
+    """
 
     token_ids: list[int]
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
+    base: RowCache | None = None
+    base_length: int = 0
 
     @property
     def length(self) -> int:
-        return int(self.keys[0].shape[1]) if self.keys else 0
+        return self.base_length + (int(self.keys[0].shape[1]) if self.keys else 0)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.keys) if self.keys else (self.base.num_layers if self.base is not None else 0)
+
+    def fill(self, layer: int, n: int, keys_out: torch.Tensor, values_out: torch.Tensor) -> None:
+        """Write the first ``n`` tokens' keys and values of ``layer`` into ``[heads, n, dim]`` tensors."""
+        shared = min(n, self.base_length)
+        if shared:
+            self.base.fill(layer, shared, keys_out[:, :shared], values_out[:, :shared])
+        if n > shared:
+            keys_out[:, shared:n] = self.keys[layer][:, : n - shared]
+            values_out[:, shared:n] = self.values[layer][:, : n - shared]
+
+    def like(self, layer: int, n: int) -> torch.Tensor:
+        """An empty ``[heads, n, dim]`` tensor of this cache's dtype and device for ``layer``."""
+        ref = self.keys[layer] if self.keys else self.base.like(layer, 0)
+        return ref.new_empty(ref.shape[0], n, ref.shape[2])
+
+    def materialize(self) -> RowCache:
+        """This cache as one segment per layer (a copy when it shares a base; itself otherwise)."""
+        if self.base is None:
+            return self
+        keys, values = [], []
+        for layer in range(self.num_layers):
+            k, v = self.like(layer, self.length), self.like(layer, self.length)
+            self.fill(layer, self.length, k, v)
+            keys.append(k)
+            values.append(v)
+        return RowCache(token_ids=self.token_ids, keys=keys, values=values)
 
 
 @dataclass
@@ -109,7 +147,7 @@ def sample_step(
 
 
 class HFBackend:
-    """GenerationBackend over a transformers causal LM (custom batched loop, DynamicCache, KV reuse)."""
+    """GenerationBackend over a transformers causal LM (custom batched loop, preallocated KV cache, KV reuse)."""
 
     def __init__(
         self,
@@ -239,10 +277,9 @@ class HFBackend:
         )
         return out.logits[:, -1, :].float()
 
-    def _prefill(self, prefixes: Sequence[Sequence[int]], caches: Sequence[RowCache | None]):
-        """Encode each prefix (reusing its cache where valid). Returns (logits, DynamicCache, mask, next_pos, fed)."""
-        from transformers import DynamicCache
-
+    def _prefill(self, prefixes: Sequence[Sequence[int]], caches: Sequence[RowCache | None], room: int = 0):
+        """Encode each prefix (reusing its cache where valid) into a cache with ``room`` more positions.
+        Returns (logits, cache, mask, next_pos, fed)."""
         reuse, fed = [], []
         for prefix, rc in zip(prefixes, caches):
             usable = 0
@@ -263,31 +300,43 @@ class HFBackend:
             mask[i, width_c + width_u - len(f) :] = True
             input_ids[i, width_u - len(f) :] = torch.tensor(f, dtype=torch.long)
             positions[i, width_u - len(f) :] = torch.arange(c, c + len(f))
+        capacity = width_c + width_u + room
         if width_c > 0:
             first = next(rc for rc, c in zip(caches, reuse) if c > 0)
-            data = []
-            for layer in range(len(first.keys)):
-                heads, _, dim = first.keys[layer].shape
-                k = torch.zeros(n, heads, width_c, dim, dtype=first.keys[layer].dtype, device=first.keys[layer].device)
-                v = torch.zeros_like(k)
+            layers = []
+            for layer in range(first.num_layers):
+                ref = first.like(layer, 0)
+                k = ref.new_empty(n, ref.shape[0], capacity, ref.shape[2])
+                v = torch.empty_like(k)
+                k[:, :, :width_c] = 0
+                v[:, :, :width_c] = 0
                 for i, (rc, c) in enumerate(zip(caches, reuse)):
                     if c > 0:
-                        k[i, :, width_c - c :] = rc.keys[layer][:, :c]
-                        v[i, :, width_c - c :] = rc.values[layer][:, :c]
-                data.append((k, v))
-            cache = DynamicCache(ddp_cache_data=data)
+                        rc.fill(layer, c, k[i, :, width_c - c : width_c], v[i, :, width_c - c : width_c])
+                layers.append(PreallocatedLayer(capacity, k, v, length=width_c))
+            cache = PreallocatedCache(capacity, layers)
         else:
-            cache = DynamicCache()
+            cache = PreallocatedCache(capacity)
         logits = self._forward(input_ids, mask, positions, cache)
         next_pos = torch.tensor([c + len(f) for c, f in zip(reuse, fed)], dtype=torch.long)
         return logits, cache, mask, next_pos, [len(f) for f in fed]
 
     @staticmethod
-    def _row_cache(cache: Any, row: int, mask_row: torch.Tensor, token_ids: list[int]) -> RowCache:
-        cols = mask_row.nonzero().squeeze(1).to(cache.layers[0].keys.device)
+    def _row_cache(
+        cache: Any,
+        row: int,
+        mask_row: torch.Tensor,
+        token_ids: list[int],
+        base: RowCache | None = None,
+        base_length: int = 0,
+    ) -> RowCache:
+        """Copy one batch row's KV out of ``cache``; the first ``base_length`` positions stay shared with ``base``."""
+        cols = mask_row.nonzero().squeeze(1)[base_length:].to(cache.layers[0].keys.device)
         keys = [layer.keys[row].index_select(1, cols) for layer in cache.layers]
         values = [layer.values[row].index_select(1, cols) for layer in cache.layers]
-        return RowCache(token_ids=token_ids, keys=keys, values=values)
+        if not base_length:
+            base = None
+        return RowCache(token_ids=token_ids, keys=keys, values=values, base=base, base_length=base_length)
 
     # ------------------------------------------------------------------ generation
     def generate(
@@ -318,7 +367,8 @@ class HFBackend:
         stop_callback: StopCallback | None = None,
     ) -> CachedGeneration:
         """``generate`` with KV reuse: ``caches[i]`` (if given) covers a prefix of ``prefixes[i]``; with
-        ``keep_cache`` each row that ends by EOS or its cap returns the cache of its full sequence."""
+        ``keep_cache`` each row that ends by EOS or its cap returns the cache of its full sequence, sharing the
+        reused part with ``caches[i]`` (``RowCache.materialize()`` copies it once the old cache is to be dropped)."""
         n = len(prefixes)
         caps = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(m) for m in max_new_tokens]
         if len(caps) != n:
@@ -350,7 +400,7 @@ class HFBackend:
                 src_prefixes.append(list(prefixes[i]))
                 src_caches.append(caches[i])
             src_of_row.append(sources[key])
-        logits, cache, mask, next_pos, fed = self._prefill(src_prefixes, src_caches)
+        logits, cache, mask, next_pos, fed = self._prefill(src_prefixes, src_caches, room=max_cap)
         if self._prompt_cache_depth > 0:
             for s, (prefix, rc) in enumerate(zip(src_prefixes, src_caches)):
                 if rc is None:
@@ -358,7 +408,9 @@ class HFBackend:
         stats.forward_passes += 1
         stats.tokens_encoded += sum(fed)
         seen: set[int] = set()
+        reused = [0] * n  # positions of row i's KV taken from caches[i]
         for i, s in zip(rows, src_of_row):
+            reused[i] = len(src_prefixes[s]) - fed[s] if src_caches[s] is not None else 0
             if s not in seen:
                 encoded[i] = fed[s]
                 seen.add(s)
@@ -392,8 +444,10 @@ class HFBackend:
                     c.stopped_early = True
                     continue
                 if is_eos[b] or len(c.token_ids) >= caps[row]:
-                    if keep_cache:
-                        out_caches[row] = self._row_cache(cache, b, mask[b], list(prefixes[row]) + c.token_ids)
+                    if keep_cache:  # only the newly encoded positions are copied; the reused prefix is shared
+                        out_caches[row] = self._row_cache(
+                            cache, b, mask[b], list(prefixes[row]) + c.token_ids, caches[row], reused[row]
+                        )
                     continue
                 keep_rows.append(b)
             if not keep_rows:

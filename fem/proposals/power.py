@@ -199,7 +199,7 @@ class PowerMHProposal:
         conts, caches = self._generate(todo, prefixes, caps, generator, reencode=not first)
         for chain, cont, cache in zip(todo, conts, caches):
             chain.append(cont, self._terms(cont))
-            chain.cache = cache
+            chain.cache = cache.materialize() if cache is not None else None
 
     def mh_step(
         self, chains: list[Chain], horizon: int, rng: np.random.Generator, generator: torch.Generator
@@ -249,7 +249,8 @@ class PowerMHProposal:
         chain.entropy, chain.terms = chain.entropy[:j], chain.terms[:j]
         chain.append(cont, self._terms(cont))
         chain.entropy[j] = stored_h  # H_j is a function of the kept prefix: keep the stored value
-        chain.cache = cache
+        # the proposal's cache shares the kept prefix with the old one: one copy now, after the batch is freed
+        chain.cache = cache.materialize() if cache is not None else None
 
     # ------------------------------------------------------------------ schedule
     def stage_horizons(self) -> list[int]:

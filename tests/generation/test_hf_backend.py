@@ -132,6 +132,29 @@ def test_kv_reuse_matches_reencoding(tiny_backend):
         assert max(abs(x - y) for x, y in zip(scored, a.logp)) < 1e-4
 
 
+def test_kept_cache_shares_the_reused_prefix(tiny_backend):
+    """A cache returned from a reused one copies only the new positions; materialized, it equals a fresh cache,
+    and a chain of shared caches (not materialized) still decodes exactly."""
+    prompts = _prompts(tiny_backend)
+    greedy = SamplingParams(temperature=0)
+    first = tiny_backend.generate_cached(prompts, greedy, 6, keep_cache=True)
+    prefixes = [list(p) + c.token_ids[:j] for p, c, j in zip(prompts, first.continuations, [1, 3, 5])]
+    second = tiny_backend.generate_cached(prefixes, greedy, 4, caches=first.caches, keep_cache=True)
+    fresh = tiny_backend.generate_cached(prefixes, greedy, 4, keep_cache=True)
+    for prefix, rc, old, ref in zip(prefixes, second.caches, first.caches, fresh.caches):
+        assert rc.base is old and rc.base_length == len(prefix) - 1
+        assert rc.keys[0].shape[1] == rc.length - rc.base_length == 1 + 3  # the fed token + 3 decoded ones
+        whole = rc.materialize()
+        assert whole.base is None and whole.length == ref.length and whole.token_ids == ref.token_ids
+        for a, b in zip(whole.keys + whole.values, ref.keys + ref.values):
+            assert torch.allclose(a, b, atol=1e-5)
+    third_prefixes = [list(rc.token_ids) for rc in second.caches]
+    third = tiny_backend.generate_cached(third_prefixes, greedy, 5, caches=second.caches, keep_cache=True)
+    check = tiny_backend.generate_cached(third_prefixes, greedy, 5)
+    assert third.encoded == [1, 1, 1] and third.caches[0].base.base is first.caches[0]
+    assert [c.token_ids for c in third.continuations] == [c.token_ids for c in check.continuations]
+
+
 def test_stale_cache_is_not_trusted(tiny_backend):
     prompts = _prompts(tiny_backend)
     first = tiny_backend.generate_cached(

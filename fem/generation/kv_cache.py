@@ -1,0 +1,80 @@
+"""A transformers KV cache whose per-layer storage is allocated once for the whole decode.
+
+transformers' ``DynamicLayer`` grows by ``torch.cat`` at every step, which copies the whole cache each time (a
+quarter of the decoding time of a 64-row batch of SmolLM2-135M on CPU) and leaves a trail of freed buffers in the
+allocator. ``PreallocatedLayer`` writes new positions in place into a buffer of ``capacity`` positions and hands the
+attention a view of the filled part.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
+
+
+class PreallocatedLayer(DynamicLayer):
+    """One layer's keys and values in ``[batch, heads, capacity, dim]`` buffers; ``length`` positions are filled."""
+
+    def __init__(
+        self,
+        capacity: int,
+        keys: torch.Tensor | None = None,
+        values: torch.Tensor | None = None,
+        length: int = 0,
+    ):
+        super().__init__()
+        self.capacity = int(capacity)
+        self.length = 0
+        if keys is not None:
+            if keys.shape[2] != self.capacity or not 0 <= length <= self.capacity:
+                raise ValueError(f"buffers of {keys.shape[2]} positions for capacity {capacity}, length {length}")
+            self.device = keys.device
+            self.keys, self.values, self.length = keys, values, int(length)
+            self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        batch, heads, _, _ = key_states.shape
+        self.device = key_states.device
+        self.keys = key_states.new_empty(batch, heads, self.capacity, key_states.shape[-1])
+        self.values = value_states.new_empty(batch, heads, self.capacity, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new positions after the filled ones; return views of everything filled so far."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache capacity {self.capacity} exceeded ({end} positions)")
+        self.keys[:, :, self.length : end] = key_states
+        self.values[:, :, self.length : end] = value_states
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return self.capacity
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the rows ``indices`` (one copy, at the same capacity)."""
+        if self.is_initialized:
+            self.keys = self.keys.index_select(0, indices)
+            self.values = self.values.index_select(0, indices)
+
+
+class PreallocatedCache(DynamicCache):
+    """A ``DynamicCache`` of ``PreallocatedLayer``: given ``layers``, or created on first use with ``capacity``."""
+
+    def __init__(self, capacity: int, layers: list[PreallocatedLayer] | None = None):
+        Cache.__init__(
+            self,
+            layers=layers,
+            layer_class_to_replicate=None if layers else functools.partial(PreallocatedLayer, capacity),
+        )
