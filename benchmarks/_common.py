@@ -110,7 +110,14 @@ def setup_threads() -> None:
 
 
 def command_line(name: str, quick: bool) -> str:
-    return f"fem bench {name}" + (" --quick" if quick else "")
+    """The ``fem bench`` command that reproduces this run: the script's arguments without ``--out``."""
+    argv = sys.argv[1:]
+    out_at = {i for i, a in enumerate(argv) if a == "--out"}
+    drop = out_at | {i + 1 for i in out_at}
+    args = [a for i, a in enumerate(argv) if i not in drop and not a.startswith("--out=")]
+    if quick and "--quick" not in args:
+        args.append("--quick")
+    return " ".join(["fem bench", name, *(shlex.quote(a) for a in args)])
 
 
 def write(

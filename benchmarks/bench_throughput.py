@@ -62,7 +62,11 @@ def run_model(
 
 
 def main() -> int:
-    args = C.parser(NAME, __doc__).parse_args()
+    p = C.parser(NAME, __doc__)
+    p.add_argument(
+        "--dtypes", nargs="+", default=None, choices=["float32", "bfloat16"], help="default: both (--quick: float32)"
+    )
+    args = p.parse_args()
     C.setup_threads()
     started = time.perf_counter()
     import tempfile
@@ -75,7 +79,7 @@ def main() -> int:
         tiny = str(save_tiny_model(tmp))
         models = [("tiny", tiny)] + ([] if args.quick else [("smollm2-135m", SMOLLM2_ALIAS)])
         for label, path in models:
-            for dtype in ["float32"] if args.quick else ["float32", "bfloat16"]:
+            for dtype in args.dtypes or (["float32"] if args.quick else ["float32", "bfloat16"]):
                 max_new = 16 if args.quick else (64 if label == "tiny" else 32)
                 rows += run_model(label, path, dtype, [1, 8] if args.quick else [1, 8, 32], max_new, 4, args.seed)
     C.table(rows, C.COLUMNS[NAME])

@@ -49,3 +49,15 @@ def test_bench_exactness_and_mixing_quick(tmp_path):
     for r in rows:
         assert {"T", "k", "steps_to_tv_0.1", "censored", "curve"} <= set(r)
     assert (tmp_path / "mixing.png").is_file()
+
+
+def test_bench_core_arguments_reach_the_script_and_its_record(tmp_path):
+    """`fem bench core` passes each section's own arguments (here throughput's fp32-only) and the JSON names them."""
+    from fem.bench import CORE
+
+    assert list(CORE) == ["exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em"]
+    res = run_fem("bench", "throughput", "--quick", *CORE["throughput"], "--out", str(tmp_path), timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    record = json.loads((tmp_path / "throughput.json").read_text())
+    assert record["command"] == "fem bench throughput --quick --dtypes float32"
+    assert {r["dtype"] for r in record["results"]} == {"float32"}
