@@ -1,9 +1,8 @@
 """A transformers KV cache whose per-layer storage is allocated once for the whole decode.
 
-transformers' ``DynamicLayer`` grows by ``torch.cat`` at every step, which copies the whole cache each time (a
-quarter of the decoding time of a 64-row batch of SmolLM2-135M on CPU) and leaves a trail of freed buffers in the
-allocator. ``PreallocatedLayer`` writes new positions in place into a buffer of ``capacity`` positions and hands the
-attention a view of the filled part.
+transformers' ``DynamicLayer`` grows by ``torch.cat`` at every step: it copies the whole cache each time and leaves
+a trail of freed buffers in the allocator (which held power_mh's resident memory up). ``PreallocatedLayer`` writes
+new positions in place into a buffer of ``capacity`` positions and hands the attention a view of the filled part.
 """
 
 from __future__ import annotations
