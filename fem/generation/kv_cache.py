@@ -3,6 +3,8 @@
 transformers' ``DynamicLayer`` grows by ``torch.cat`` at every step: it copies the whole cache each time and leaves
 a trail of freed buffers in the allocator (which held power_mh's resident memory up). ``PreallocatedLayer`` writes
 new positions in place into a buffer of ``capacity`` positions and hands the attention a view of the filled part.
+``HFBackend`` sizes it for the longest row of a call (prefix + ``max_new_tokens``): the width a growing cache reaches
+as soon as one row runs to its cap.
 """
 
 from __future__ import annotations
@@ -62,10 +64,15 @@ class PreallocatedLayer(DynamicLayer):
         return self.capacity
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep the rows ``indices`` (one copy, at the same capacity)."""
-        if self.is_initialized:
-            self.keys = self.keys.index_select(0, indices)
-            self.values = self.values.index_select(0, indices)
+        """Keep the rows ``indices``, at the same capacity; only the filled positions are copied (the rest of a
+        fresh buffer is never touched, so on CPU its pages are not even resident)."""
+        if not self.is_initialized:
+            return
+        keys = self.keys.new_empty(len(indices), *self.keys.shape[1:])
+        values = self.values.new_empty(len(indices), *self.values.shape[1:])
+        keys[:, :, : self.length] = self.keys[:, :, : self.length].index_select(0, indices)
+        values[:, :, : self.length] = self.values[:, :, : self.length].index_select(0, indices)
+        self.keys, self.values = keys, values
 
 
 class PreallocatedCache(DynamicCache):

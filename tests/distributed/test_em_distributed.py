@@ -52,6 +52,12 @@ def launch(config: str, out: Path, env: dict) -> subprocess.CompletedProcess:
     )
 
 
+def failure(result: subprocess.CompletedProcess) -> str:
+    """Rank 0's own error lines first (the launcher's summary and the other rank's barrier error fill the tail)."""
+    rank0 = [line for line in result.stderr.splitlines() if line.startswith("[rank0]")]
+    return "\n".join(rank0)[-3000:] + "\n--- stderr tail ---\n" + result.stderr[-2000:]
+
+
 def samples(out: Path, round_index: int) -> list[tuple]:
     lines = (out / f"round_{round_index:03d}" / "samples.jsonl").read_text().splitlines()
     return sorted((s["example_id"], s["attempt"], s["rationale"], s["reward"]) for s in map(json.loads, lines))
@@ -74,7 +80,7 @@ def single(tmp_path_factory, env) -> Path:
     result = run_fem(
         "train", "--config", RECIPE, "--output_dir", str(out), *FAST, "--per_device_train_batch_size", "8", env=env
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, failure(result)
     return out
 
 
@@ -82,7 +88,7 @@ def single(tmp_path_factory, env) -> Path:
 def ddp(tmp_path_factory, env) -> Path:
     out = tmp_path_factory.mktemp("ddp") / "run"
     result = launch("cpu_ddp.yaml", out, env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, failure(result)
     return out
 
 
@@ -101,7 +107,7 @@ def test_two_process_training(name, tmp_path, env, single, ddp):
     else:
         out = tmp_path / "run"
         result = launch(config, out, env)
-        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.returncode == 0, failure(result)
     for k in (0, 1):
         metrics = json.loads((out / f"round_{k:03d}" / "metrics.json").read_text())
         assert metrics["estep/num_processes"] == 2 and metrics["mstep/num_processes"] == 2
