@@ -1,8 +1,9 @@
 """(4) Power-sampling cost per MH step: fem's power_mh (KV reuse, lockstep batching over chains, exact early
 rejection) against a faithful re-implementation of the published reference loop (``bench_proposals.ReferenceMH``:
 one ``model.generate`` per extension and per MH step, no cache reuse, batch 1, uniform cut; run on the first half
-of the chains, which it draws exactly as in a full run), at the same alpha, B, T, N and seeds, on SmolLM2-135M (fp32, one thread; the tiny model with --quick). Reported per MH step: wall
-time, tokens decoded, prefix tokens re-encoded; and the cost of one power sample relative to one ancestral sample
+of the chains, which it draws exactly as in a full run), at the same alpha, B, T, N and seeds, on SmolLM2-135M
+(fp32, one thread; the tiny model with --quick). Reported per MH step: wall time, tokens decoded, prefix tokens
+re-encoded; and the cost of one power sample relative to one ancestral sample
 (tokens and wall), next to the paper's formula N*T/(4B) and the published 9-14x. Goal: >= 3x faster per MH step.
 """
 

@@ -47,10 +47,6 @@ class RowCache:
     def length(self) -> int:
         return self.base_length + (int(self.keys[0].shape[1]) if self.keys else 0)
 
-    @property
-    def num_layers(self) -> int:
-        return len(self.keys) if self.keys else (self.base.num_layers if self.base is not None else 0)
-
     def fill(self, layer: int, n: int, keys_out: torch.Tensor, values_out: torch.Tensor) -> None:
         """Write the first ``n`` tokens' keys and values of ``layer`` into ``[heads, n, dim]`` tensors."""
         shared = min(n, self.base_length)
@@ -60,18 +56,14 @@ class RowCache:
             keys_out[:, shared:n] = self.keys[layer][:, : n - shared]
             values_out[:, shared:n] = self.values[layer][:, : n - shared]
 
-    def like(self, layer: int, n: int) -> torch.Tensor:
-        """An empty ``[heads, n, dim]`` tensor of this cache's dtype and device for ``layer``."""
-        ref = self.keys[layer] if self.keys else self.base.like(layer, 0)
-        return ref.new_empty(ref.shape[0], n, ref.shape[2])
-
     def materialize(self) -> RowCache:
         """This cache as one segment per layer (a copy when it shares a base; itself otherwise)."""
         if self.base is None:
             return self
         keys, values = [], []
-        for layer in range(self.num_layers):
-            k, v = self.like(layer, self.length), self.like(layer, self.length)
+        for layer, (k_own, v_own) in enumerate(zip(self.keys, self.values)):
+            k = k_own.new_empty(k_own.shape[0], self.length, k_own.shape[2])
+            v = v_own.new_empty(v_own.shape[0], self.length, v_own.shape[2])
             self.fill(layer, self.length, k, v)
             keys.append(k)
             values.append(v)
@@ -304,10 +296,9 @@ class HFBackend:
         if width_c > 0:
             first = next(rc for rc, c in zip(caches, reuse) if c > 0)
             layers = []
-            for layer in range(first.num_layers):
-                ref = first.like(layer, 0)
-                k = ref.new_empty(n, ref.shape[0], capacity, ref.shape[2])
-                v = torch.empty_like(k)
+            for layer, (k_ref, v_ref) in enumerate(zip(first.keys, first.values)):
+                k = k_ref.new_empty(n, k_ref.shape[0], capacity, k_ref.shape[2])
+                v = v_ref.new_empty(n, v_ref.shape[0], capacity, v_ref.shape[2])
                 k[:, :, :width_c] = 0
                 v[:, :, :width_c] = 0
                 for i, (rc, c) in enumerate(zip(caches, reuse)):
@@ -410,7 +401,7 @@ class HFBackend:
         seen: set[int] = set()
         reused = [0] * n  # positions of row i's KV taken from caches[i]
         for i, s in zip(rows, src_of_row):
-            reused[i] = len(src_prefixes[s]) - fed[s] if src_caches[s] is not None else 0
+            reused[i] = len(src_prefixes[s]) - fed[s]
             if s not in seen:
                 encoded[i] = fed[s]
                 seen.add(s)
