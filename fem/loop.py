@@ -67,8 +67,13 @@ class EMRunner:
     def setup(self) -> None:
         seed_everything(self.seed)
         config = run_config(self.configs)
+        # only the main process removes a crash's temp files: another rank doing it could delete the main
+        # process's temp file in the middle of its atomic write of config.yaml (seen in a 2-process CI run)
         self.state = RunState.load_or_create(
-            self.output_dir, config, overwrite=self.configs.em.overwrite_output_dir_contents
+            self.output_dir,
+            config,
+            overwrite=self.configs.em.overwrite_output_dir_contents,
+            clean=self.world.is_main,
         )
         if self.world.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
