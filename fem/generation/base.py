@@ -5,7 +5,7 @@ A backend is what a proposal drives. It never knows which proposal, sampler or t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -56,10 +56,15 @@ class DecodeStats:
 # row (used for exact early rejection in power sampling).
 StopCallback = Callable[[int, Continuation], bool]
 
+# The per-token statistics a caller may ask ``generate`` for (``stats=``; None means all of them). A statistic not
+# asked for may come back as an empty list (a backend may also fill it); one asked for always obeys the contract
+# of ``Continuation``, in the continuation returned and in the one a ``stop_callback`` sees.
+STATS: frozenset[str] = frozenset({"logp", "logq", "entropy"})
+
 
 @runtime_checkable
 class GenerationBackend(Protocol):
-    """What every backend (``hf``; ``vllm`` later) provides."""
+    """What every backend (``hf``, ``vllm``) provides."""
 
     eos_token_ids: frozenset[int]
     vocab_size: int
@@ -72,8 +77,10 @@ class GenerationBackend(Protocol):
         *,
         generator: torch.Generator | None = None,
         stop_callback: StopCallback | None = None,
+        stats: Collection[str] | None = None,
     ) -> tuple[list[Continuation], DecodeStats]:
-        """Decode one continuation per prefix until EOS, the row's ``max_new_tokens`` or the callback."""
+        """Decode one continuation per prefix until EOS, the row's ``max_new_tokens`` or the callback.
+        ``stats``: the statistics the caller needs (a subset of ``STATS``; None: all)."""
         ...
 
     def score(self, prefixes: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> list[list[float]]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -338,8 +338,10 @@ class HFBackend:
         *,
         generator: torch.Generator | None = None,
         stop_callback: StopCallback | None = None,
+        stats: Collection[str] | None = None,
     ) -> tuple[list[Continuation], DecodeStats]:
-        """Decode one continuation per prefix until EOS, the row's ``max_new_tokens`` or the callback."""
+        """Decode one continuation per prefix until EOS, the row's ``max_new_tokens`` or the callback. Every
+        statistic is computed whatever ``stats`` asks (they come from logits the loop holds anyway)."""
         result = self.generate_cached(
             prefixes, params, max_new_tokens, generator=generator, stop_callback=stop_callback
         )

@@ -16,7 +16,7 @@ import itertools
 import math
 import zlib
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 import torch
@@ -109,8 +109,10 @@ class TableLM:
         *,
         generator: torch.Generator | None = None,
         stop_callback: StopCallback | None = None,
+        stats: Collection[str] | None = None,
     ) -> tuple[list[Continuation], DecodeStats]:
-        """Exact ancestral sampling; row ``i`` step ``t`` uses uniform ``U[i, t]`` (independent of other rows)."""
+        """Exact ancestral sampling; row ``i`` step ``t`` uses uniform ``U[i, t]`` (independent of other rows).
+        Every statistic is filled whatever ``stats`` asks."""
         n = len(prefixes)
         caps = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(m) for m in max_new_tokens]
         max_cap = max(caps, default=0)
