@@ -1,0 +1,420 @@
+"""``VLLMBackend``: the generation protocol (``base.GenerationBackend``) on a vLLM engine.
+
+**Engine.** vLLM's offline engine in this process (TRL's colocate style), stepped by this backend through
+``LLMEngine.add_request`` / ``step`` / ``abort_request``; ``vllm_engine`` builds it and lists the settings fem fixes.
+It reads a Hugging Face folder of the same weights the runtime loaded (``fem.models.hf_model_dir``: the folder
+itself, or the de-quantised GGUF saved once under ``$FEM_CACHE``); the runtime's transformers model stays loaded
+for the M-step, which trains LoRA on it.
+
+**Statistics contract** (``Continuation``), per sampled token:
+
+- ``logq``: the sampled token's log-probability as vLLM's sampler returns it in ``processed_logprobs`` mode, i.e.
+  ``log_softmax`` of the logits after temperature, top-k and top-p: the distribution the token was drawn from. The
+  engine is built in that mode and the backend refuses an engine in another one. Greedy rows get ``logq = 0``
+  (a deterministic proposal), as in the ``hf`` backend.
+- ``logp`` and ``entropy``: from the raw float32 logits before any processing, read inside the sampler by
+  ``vllm_stats.StatsTracker`` (a logits processor that changes nothing): ``log_softmax`` at temperature 1 over the
+  whole vocabulary, the sampled token's entry, and ``-sum p log p``.
+
+Both come out of the *same* forward pass that sampled the token: no teacher-forced scoring pass, no full-vocabulary
+log-prob lists through vLLM's output path. A raw/processed mix-up (the bug class where ``logq`` equals ``logp``
+whenever temperature != 1) is ruled out by construction and by ``tests/generation/test_vllm_backend.py``.
+``generate(stats=...)`` skips what the caller does not need: without ``logq`` no log-probs are requested from the
+sampler; without ``logp`` and ``entropy`` the request is not tracked.
+
+**Forced read-out.** ``next_token_logprobs`` sends each prefix as a one-token greedy request whose full base row the
+tracker keeps: the prefix's full KV blocks come from vLLM's prefix cache (the prompt and rationale were just decoded),
+only the tail is encoded, and the ``[vocab]`` row is one tensor copy. The protocol method is kept as is.
+
+**Seeding.** With a ``generator`` each row gets its own vLLM ``seed`` drawn from it, so a row's draws do not depend on
+the batch; the engine schedules whole prompts (see ``vllm_engine``), which keeps seeded requests working for prompts
+of any length.
+
+**Adapters.** ``load_adapter`` registers each adapter under a new LoRA name and id (a reused name could be served from
+stale prefix-cache blocks) and removes the previous one; every later request carries the last loaded adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # before vLLM is imported (vllm_stats): INFO logs every request
+
+from fem.generation.base import STATS, Continuation, DecodeStats, SamplingParams, StopCallback  # noqa: E402
+from fem.generation.hf import eos_ids_of  # noqa: E402
+from fem.generation.vllm_engine import EngineOptions, create_engine, lora_rank_bound, shutdown_engine  # noqa: E402
+from fem.generation.vllm_stats import EXTRA_ARGS_KEY, collect_stats  # noqa: E402
+
+
+class VLLMBackend:
+    """GenerationBackend over a vLLM engine (module docstring: engine, statistics, read-out, seeding, adapters)."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        model_dir: str,
+        options: EngineOptions | None = None,
+        eos_token_ids: Sequence[int] | None = None,
+    ):
+        self.tokenizer = tokenizer
+        self.eos_token_ids = (
+            frozenset(int(i) for i in eos_token_ids) if eos_token_ids is not None else eos_ids_of(model, tokenizer)
+        )
+        if not self.eos_token_ids:
+            raise ValueError("the tokenizer and the model's generation config name no EOS token")
+        self.options = options or EngineOptions()
+        self.model_dir = str(model_dir)
+        model_dtype = "float32"
+        if model is not None:
+            model_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        self.llm = create_engine(self.model_dir, self.options, model_dtype)
+        self.engine = self.llm.llm_engine
+        mode = self.engine.model_config.logprobs_mode
+        if mode != "processed_logprobs":
+            raise RuntimeError(f"the vLLM engine returns {mode}; fem's logq needs processed_logprobs")
+        self.vocab_size = int(self.engine.model_config.get_vocab_size())
+        self.max_model_len = int(self.engine.model_config.max_model_len)
+        self.readout_tokens_encoded = 0  # prefix tokens next_token_logprobs computed (the rest hit the prefix cache)
+        self._request_ids = itertools.count()
+        self._lora_ids = itertools.count(1)
+        self._lora: Any = None
+        self._adapter_path: str | None = None
+
+    @classmethod
+    def from_configs(cls, configs: Any, model: Any, tokenizer: Any) -> VLLMBackend:
+        """The backend a recipe asks for: engine options from its ``vllm_*`` keys, weights from the model it loads."""
+        from fem.models import hf_model_dir
+
+        em = configs.em
+        options = EngineOptions(
+            dtype=em.vllm_dtype,
+            max_model_len=em.vllm_max_model_len,
+            kv_cache_gib=em.vllm_kv_cache_gib,
+            gpu_memory_utilization=em.vllm_gpu_memory_utilization,
+            tensor_parallel_size=em.vllm_tensor_parallel_size,
+            enable_prefix_caching=em.vllm_enable_prefix_caching,
+            enforce_eager=em.vllm_enforce_eager,
+            max_lora_rank=configs.model.lora_r,
+            seed=configs.mstep.seed,
+        )
+        folder = hf_model_dir(configs.model.model_name_or_path, em.gguf_file, model, tokenizer)
+        return cls(model, tokenizer, model_dir=folder, options=options)
+
+    # ------------------------------------------------------------------ basics
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    @property
+    def adapter_path(self) -> str | None:
+        return self._adapter_path
+
+    def close(self) -> None:
+        """Stop the engine and free its memory (the backend is unusable afterwards)."""
+        shutdown_engine(self.llm)
+
+    def _check_prefix(self, prefix: Sequence[int], new_tokens: int) -> None:
+        if len(prefix) == 0:
+            raise ValueError("every prefix needs at least one token")
+        if len(prefix) + new_tokens > self.max_model_len:
+            raise ValueError(
+                f"a prefix of {len(prefix)} tokens plus {new_tokens} new tokens exceeds the vLLM engine's "
+                f"max_model_len {self.max_model_len}: raise vllm_max_model_len"
+            )
+
+    def _sampling_params(self, **kwargs: Any):
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        kwargs.setdefault("output_kind", RequestOutputKind.DELTA)
+        kwargs.setdefault("stop_token_ids", sorted(self.eos_token_ids))
+        return VSamplingParams(detokenize=False, skip_special_tokens=False, **kwargs)
+
+    @property
+    def _final_only(self):
+        from vllm.sampling_params import RequestOutputKind
+
+        return RequestOutputKind.FINAL_ONLY
+
+    def _wait(self, pending: set[str]) -> list[Any]:
+        """Step the engine until the requests in ``pending`` finished; their final outputs."""
+        done = []
+        while pending:
+            for req in self.engine.step():
+                if req.request_id in pending and req.finished:
+                    pending.discard(req.request_id)
+                    done.append(req)
+        return done
+
+    def _add(self, prefix: Sequence[int], params: Any, request_id: str) -> None:
+        from vllm.inputs import TokensPrompt
+
+        self.engine.add_request(
+            request_id, TokensPrompt(prompt_token_ids=list(prefix)), params, lora_request=self._lora
+        )
+
+    def _new_id(self) -> str:
+        return f"fem-{next(self._request_ids)}"
+
+    def _collect(self, keys: list[str], release: bool) -> dict[str, Any]:
+        """The tracker's new (logp, entropy, row) per request key (``vllm_stats.StatsTracker.collect``)."""
+        if not keys:
+            return {}
+        return self.llm.collective_rpc(collect_stats, args=(keys, release))[0]
+
+    def _cleanup(self, request_ids: list[str], tracked: list[str]) -> None:
+        """After an error: abort the requests (those already finished are ignored) and drop their statistics."""
+        with contextlib.suppress(Exception):
+            self.engine.abort_request(list(request_ids))
+        with contextlib.suppress(Exception):
+            self._collect(tracked, release=True)
+
+    # ------------------------------------------------------------------ generation
+    def generate(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        params: SamplingParams,
+        max_new_tokens: int | Sequence[int],
+        *,
+        generator: torch.Generator | None = None,
+        stop_callback: StopCallback | None = None,
+        stats: Collection[str] | None = None,
+    ) -> tuple[list[Continuation], DecodeStats]:
+        """Decode one continuation per prefix until EOS, the row's ``max_new_tokens`` or the callback.
+        ``stats`` (subset of ``base.STATS``, None = all): statistics not asked for are left empty."""
+        n = len(prefixes)
+        caps = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(m) for m in max_new_tokens]
+        if len(caps) != n:
+            raise ValueError(f"max_new_tokens has {len(caps)} entries for {n} prefixes")
+        want = STATS if stats is None else frozenset(stats)
+        if not want <= STATS:
+            raise ValueError(f"unknown statistics {sorted(want - STATS)} (use {sorted(STATS)})")
+        greedy = params.temperature == 0
+        seeds: list[int | None] = [None] * n
+        if generator is not None and not greedy:
+            seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
+        for i in range(n):
+            if caps[i] > 0:
+                self._check_prefix(prefixes[i], caps[i])
+        run = _Run(self, [Continuation() for _ in range(n)], caps, want, greedy, stop_callback)
+        try:
+            for i in range(n):
+                if caps[i] <= 0:
+                    continue
+                request_id = self._new_id()
+                sp = self._sampling_params(
+                    max_tokens=caps[i],
+                    temperature=float(params.temperature),
+                    top_k=0 if greedy else int(params.top_k),
+                    top_p=1.0 if greedy else float(params.top_p),
+                    seed=seeds[i],
+                    logprobs=0 if ("logq" in want and not greedy) else None,
+                    extra_args={EXTRA_ARGS_KEY: {"key": request_id}} if run.track else None,
+                )
+                run.row_of[request_id] = i  # before add_request: the cleanup must see every request sent
+                self._add(prefixes[i], sp, request_id)
+            run.loop()
+        except BaseException:
+            self._cleanup(list(run.row_of), list(run.row_of) if run.track else [])
+            raise
+        run.finish()
+        return run.conts, run.stats
+
+    # ------------------------------------------------------------------ scoring and read-out
+    def score(self, prefixes: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Base log p (temperature 1) of each continuation token given its prefix, by teacher forcing: a greedy
+        request per row whose logits the tracker turns, after reading them, into a one-hot on the given token (the
+        prefix comes from the prefix cache; vLLM's ``prompt_logprobs`` are not used: they fail with LoRA on CPU)."""
+        out: list[list[float]] = [[] for _ in prefixes]
+        row_of: dict[str, int] = {}
+        try:
+            for i, (prefix, cont) in enumerate(zip(prefixes, continuations)):
+                if len(cont) == 0:
+                    continue
+                self._check_prefix(prefix, len(cont))
+                request_id = self._new_id()
+                row_of[request_id] = i
+                force = [int(t) for t in cont]
+                sp = self._sampling_params(
+                    max_tokens=len(force),
+                    temperature=0.0,
+                    stop_token_ids=[],
+                    output_kind=self._final_only,
+                    extra_args={EXTRA_ARGS_KEY: {"key": request_id, "force": force}},
+                )
+                self._add(prefix, sp, request_id)
+            self._wait(set(row_of))
+            for request_id, got in self._collect(list(row_of), release=True).items():
+                i = row_of[request_id]
+                out[i] = list(got[0]) if got is not None else []
+                if len(out[i]) != len(continuations[i]):
+                    raise RuntimeError(f"vLLM backend: scoring {request_id} returned {len(out[i])} log-probs")
+        except BaseException:
+            self._cleanup(list(row_of), list(row_of))
+            raise
+        return out
+
+    def next_token_logprobs(self, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Base next-token log-probabilities after each prefix, ``[batch, vocab]`` float32 on CPU (one-token
+        requests whose prefixes hit the prefix cache; the tracker keeps each full row)."""
+        keys: list[str] = []
+        try:
+            for prefix in prefixes:
+                self._check_prefix(prefix, 1)
+                request_id = self._new_id()
+                keys.append(request_id)
+                sp = self._sampling_params(
+                    max_tokens=1,
+                    temperature=0.0,
+                    output_kind=self._final_only,
+                    extra_args={EXTRA_ARGS_KEY: {"key": request_id, "row": True}},
+                )
+                self._add(prefix, sp, request_id)
+            for req in self._wait(set(keys)):
+                if req.num_cached_tokens is not None:
+                    self.readout_tokens_encoded += len(req.prompt_token_ids or []) - int(req.num_cached_tokens)
+            rows = self._collect(keys, release=True)
+        except BaseException:
+            self._cleanup(keys, keys)
+            raise
+        if not keys:
+            return torch.empty(0, self.vocab_size)
+        missing = [k for k in keys if rows.get(k) is None or rows[k][2] is None]
+        if missing:
+            raise RuntimeError(f"vLLM backend: no next-token row for {len(missing)} read-out request(s)")
+        return torch.stack([rows[k][2] for k in keys]).float().cpu()
+
+    # ------------------------------------------------------------------ adapters
+    def load_adapter(self, path: str) -> None:
+        """Serve the PEFT adapter at ``path`` from now on, under a new LoRA id (the previous one is removed)."""
+        from vllm.lora.request import LoRARequest
+
+        if not self.options.enable_lora:
+            raise RuntimeError("the vLLM engine was built without LoRA support (vllm_enable_lora: false)")
+        folder = Path(path).resolve()
+        config_file = folder / "adapter_config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{folder} holds no adapter_config.json (not a PEFT adapter)")
+        rank = int(json.loads(config_file.read_text()).get("r", 0))
+        if rank > lora_rank_bound(self.options.max_lora_rank):
+            raise ValueError(f"adapter rank {rank} exceeds the engine's max_lora_rank {self.options.max_lora_rank}")
+        lora_id = next(self._lora_ids)
+        request = LoRARequest(f"fem-adapter-{lora_id}", lora_id, str(folder))
+        self.engine.add_lora(request)
+        self.unload_adapter()
+        self._lora = request
+        self._adapter_path = str(path)
+
+    def unload_adapter(self) -> None:
+        """Back to the base weights."""
+        if self._lora is not None:
+            self.engine.remove_lora(self._lora.lora_int_id)
+        self._lora = None
+        self._adapter_path = None
+
+
+class _Run:
+    """One ``generate`` call in flight: steps the engine until its requests end and fills their continuations."""
+
+    def __init__(self, backend: VLLMBackend, conts, caps, want, greedy, stop_callback):
+        self.backend, self.conts, self.caps, self.want = backend, conts, caps, want
+        self.greedy, self.stop_callback = greedy, stop_callback
+        self.track = bool(want & {"logp", "entropy"})
+        self.row_of: dict[str, int] = {}
+        self.tracked: dict[str, tuple[list[float], list[float]]] = {}  # request -> base (logp, entropy) by position
+        self.stats = DecodeStats()
+
+    def loop(self) -> None:
+        eos = self.backend.eos_token_ids
+        active = set(self.row_of)
+        while active:
+            arrived = []
+            for out in self.backend.engine.step():
+                if out.request_id not in active:
+                    continue
+                cont = self.conts[self.row_of[out.request_id]]
+                completion = out.outputs[0]
+                tokens = list(completion.token_ids)
+                if not cont.token_ids and out.num_cached_tokens is not None:
+                    self.stats.tokens_encoded += len(out.prompt_token_ids or []) - int(out.num_cached_tokens)
+                logq = [0.0] * len(tokens)
+                if "logq" in self.want and not self.greedy:
+                    logq = [entry[t].logprob for entry, t in zip(completion.logprobs or [], tokens)]
+                    if len(logq) != len(tokens):
+                        raise RuntimeError(f"vLLM returned no log-prob for a token of {out.request_id}")
+                arrived.append((out.request_id, tokens, logq))
+                if out.finished:
+                    active.discard(out.request_id)
+            self.stats.forward_passes += 1
+            if self.stop_callback is not None and self.track:
+                self._pull([r for r, tokens, _ in arrived if tokens], release=False)
+            stopped = []
+            for request_id, tokens, logq in arrived:
+                i = self.row_of[request_id]
+                cont = self.conts[i]
+                for token, lq in zip(tokens, logq):
+                    cont.token_ids.append(token)
+                    self.stats.tokens_decoded += 1
+                    if "logq" in self.want:
+                        cont.logq.append(lq)
+                    if token in eos:
+                        cont.finished = True
+                        break
+                    if self.stop_callback is not None:
+                        self._sync(request_id, cont)
+                        if self.stop_callback(i, cont):
+                            cont.stopped_early = True
+                            stopped.append(request_id)
+                            break
+                    if len(cont.token_ids) >= self.caps[i]:
+                        break
+            if stopped:
+                self.backend.engine.abort_request(stopped)
+                active.difference_update(stopped)
+
+    def finish(self) -> None:
+        """Fetch the statistics not fetched yet, release the tracker's records, check every row is complete."""
+        if self.track:
+            self._pull(list(self.row_of), release=True)
+        for request_id, i in self.row_of.items():
+            cont = self.conts[i]
+            if self.track:
+                self._sync(request_id, cont)
+            for name in self.want:
+                if len(getattr(cont, name)) != len(cont.token_ids):
+                    raise RuntimeError(f"vLLM backend: {name} missing for request {request_id}")
+
+    def _pull(self, request_ids: list[str], release: bool) -> None:
+        for request_id, got in self.backend._collect(request_ids, release).items():
+            if got is not None:
+                logp, entropy = self.tracked.setdefault(request_id, ([], []))
+                logp.extend(got[0])
+                entropy.extend(got[1])
+
+    def _sync(self, request_id: str, cont: Continuation) -> None:
+        """Bring ``cont.logp`` / ``cont.entropy`` up to its tokens (the engine may have computed more positions)."""
+        logp, entropy = self.tracked.get(request_id, ([], []))
+        n = len(cont.token_ids)
+        for name, values in (("logp", logp), ("entropy", entropy)):
+            if name not in self.want:
+                continue
+            if len(values) < n:
+                raise RuntimeError(
+                    f"vLLM backend: the statistics tracker has no {name} for token {n - 1} of {request_id}"
+                )
+            mine = getattr(cont, name)
+            mine.extend(values[len(mine) : n])

