@@ -83,6 +83,41 @@ def resolve_model_source(name_or_path: str, gguf_file: str | None = None) -> tup
     )
 
 
+def hf_model_dir(name_or_path: str, gguf_file: str | None = None, model=None, tokenizer=None) -> str:
+    """A Hugging Face folder holding the weights ``load_model`` gives for this source (what vLLM reads).
+
+    A folder or hub id is returned as is. A GGUF file is de-quantised once: ``model`` and ``tokenizer`` (as fem
+    loaded them; loaded here when not given) are saved to ``$FEM_CACHE/hf/<stem>-<digest>`` (default cache
+    ``~/.cache/fem``), keyed by the file's path, size and mtime and the weights' dtype, written atomically."""
+    import hashlib
+    import shutil
+
+    folder, gguf = resolve_model_source(name_or_path, gguf_file)
+    if not gguf:
+        return folder
+    source = (Path(folder) / gguf).resolve()
+    if model is None:
+        model = load_model(name_or_path, gguf_file=gguf_file)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(name_or_path, gguf_file=gguf_file)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    stat = source.stat()
+    digest = hashlib.sha1(f"{source}:{stat.st_size}:{stat.st_mtime_ns}:{dtype}".encode()).hexdigest()[:12]
+    out = Path(os.environ.get("FEM_CACHE", Path.home() / ".cache" / "fem")) / "hf" / f"{source.stem}-{digest}"
+    if (out / "config.json").is_file():
+        return str(out)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _mark_dequantized(model)  # a GGUF-loaded model is flagged quantized, which save_pretrained refuses
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.replace(out)
+    except OSError:  # another process finished the same export first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
+
+
 def _torch_dtype(name: str | None):
     import torch
 
