@@ -378,7 +378,8 @@ class EMConfig:
         },
     )
     backend: str = field(
-        default="hf", metadata={"help": "Generation backend: hf (vllm: GPU-only extra, not shipped yet)."}
+        default="hf",
+        metadata={"help": "Generation backend: hf (fem's decode loop) or vllm (a vLLM engine; vllm_* keys below)."},
     )
     gguf_file: str | None = field(
         default=None,
@@ -391,10 +392,43 @@ class EMConfig:
         default=False,
         metadata={"help": "Allow an output dir that holds a run with a different config (its files are replaced)."},
     )
+    # --- vLLM engine (backend: vllm); see fem/generation/vllm_engine.py for the settings fem fixes ---
+    vllm_dtype: str = field(
+        default="auto", metadata={"help": "vLLM weights dtype: auto (the loaded model's), float32, bfloat16, float16."}
+    )
+    vllm_max_model_len: int = field(default=4096, metadata={"help": "vLLM: longest prompt + completion (tokens)."})
+    vllm_kv_cache_gib: float | None = field(
+        default=None, metadata={"help": "vLLM KV-cache size in GiB (default: 1 on CPU; on a GPU the memory fraction)."}
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.5, metadata={"help": "vLLM: fraction of GPU memory for weights + KV cache (GPU only)."}
+    )
+    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor-parallel size (GPUs)."})
+    vllm_enable_prefix_caching: bool = field(default=True, metadata={"help": "vLLM automatic prefix caching."})
+    vllm_enforce_eager: bool = field(
+        default=True, metadata={"help": "vLLM: no CUDA graphs / torch.compile (fast start; false can decode faster)."}
+    )
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "rounds", f"must be >= 1 (got {self.rounds})", "run at least one EM round")
-        _check(self.backend in ("hf", "vllm"), "backend", f"'{self.backend}' is not a backend", "use backend: hf")
+        _check(
+            self.backend in ("hf", "vllm"), "backend", f"'{self.backend}' is not a backend", "use backend: hf or vllm"
+        )
+        _check_choice(self.vllm_dtype, ("auto", "float32", "bfloat16", "float16"), "vllm_dtype")
+        _check(self.vllm_max_model_len >= 16, "vllm_max_model_len", "must be >= 16", "set e.g. 4096")
+        _check(
+            self.vllm_kv_cache_gib is None or self.vllm_kv_cache_gib > 0,
+            "vllm_kv_cache_gib",
+            "must be > 0",
+            "set e.g. 1 (GiB), or remove it",
+        )
+        _check(
+            0 < self.vllm_gpu_memory_utilization <= 1,
+            "vllm_gpu_memory_utilization",
+            "must be in (0, 1]",
+            "set e.g. 0.5",
+        )
+        _check(self.vllm_tensor_parallel_size >= 1, "vllm_tensor_parallel_size", "must be >= 1", "set 1 (one device)")
 
 
 FEM_DATACLASSES = (TaskConfig, ProposalConfig, EStepConfig, EvalConfig, EMConfig)
@@ -464,8 +498,9 @@ def validate_configs(c: Configs) -> None:
         if not ok:
             raise ConfigError(f"must be {rule} (got {getattr(m, name)})", field=name, fix=f"set {name} {rule}")
     if c.em.backend == "vllm":
-        raise ConfigError(
-            "the vllm backend is not shipped yet (it cannot be tested without a GPU here)",
-            field="backend",
-            fix="use backend: hf",
-        )
+        from fem.generation.vllm_engine import vllm_problem  # imports no vLLM
+
+        dtype = c.em.vllm_dtype if c.em.vllm_dtype != "auto" else getattr(c.model, "dtype", None) or "float32"
+        problem = vllm_problem(dtype)
+        if problem is not None:
+            raise ConfigError(problem[0], field="backend", fix=problem[1])

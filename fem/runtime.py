@@ -104,5 +104,5 @@ def build_runtime(configs: Configs, world: World) -> Runtime:
         trust_remote_code=configs.mstep.trust_remote_code,
     )
     model.to(world.device())
-    backend = build_backend(configs.em.backend, model, tokenizer)
+    backend = build_backend(configs.em.backend, model, tokenizer, configs)
     return Runtime(configs=configs, task=task, model=model, tokenizer=tokenizer, backend=backend, world=world)

@@ -82,6 +82,13 @@ def _validate_before_compute(configs: Configs, *, check_output: bool = True) -> 
         "scheme": f"{configs.estep.scheme} (M={configs.estep.estep_samples}, keep<={configs.estep.estep_max_keep})",
         "proposal": proposal,
         "eval_proposal": configs.eval.eval_proposal or f"ancestral (temperature {configs.eval.eval_temperature})",
+        "backend": configs.em.backend
+        + (
+            f" (dtype={configs.em.vllm_dtype}, max_model_len={configs.em.vllm_max_model_len}, "
+            f"prefix_caching={configs.em.vllm_enable_prefix_caching})"
+            if configs.em.backend == "vllm"
+            else ""
+        ),
         "rounds": configs.em.rounds,
         "lora": f"r={configs.model.lora_r}, alpha={configs.model.lora_alpha}, targets={configs.model.lora_target_modules}",
         "output_dir": f"{output_dir} ({status})",

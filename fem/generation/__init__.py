@@ -8,8 +8,7 @@ from typing import Any
 from fem.errors import ConfigError
 from fem.generation.base import Continuation, DecodeStats, GenerationBackend, SamplingParams, StopCallback
 
-BACKENDS: dict[str, str] = {"hf": "fem.generation.hf.HFBackend"}
-UNSHIPPED: dict[str, str] = {"vllm": "the vLLM backend is not shipped yet (GPU-only extra)"}
+BACKENDS: dict[str, str] = {"hf": "fem.generation.hf.HFBackend", "vllm": "fem.generation.vllm.VLLMBackend"}
 
 __all__ = [
     "BACKENDS",
@@ -22,14 +21,15 @@ __all__ = [
 ]
 
 
-def build_backend(name: str, model: Any, tokenizer: Any) -> GenerationBackend:
-    """Construct the backend registered as ``name`` (imported lazily) around a loaded model and tokenizer."""
-    if name in UNSHIPPED:
-        raise ConfigError(UNSHIPPED[name], field="backend", fix="use backend: hf")
+def build_backend(name: str, model: Any, tokenizer: Any, configs: Any = None) -> GenerationBackend:
+    """Construct the backend registered as ``name`` (imported lazily) around a loaded model and tokenizer. With
+    ``configs``, a backend class that has ``from_configs`` (vllm: engine options, weights folder) builds from them."""
     if name not in BACKENDS:
         raise ConfigError(
             f"'{name}' is not a generation backend", field="backend", fix=f"use one of {sorted(BACKENDS)}"
         )
     module_name, _, class_name = BACKENDS[name].rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
+    if configs is not None and hasattr(cls, "from_configs"):
+        return cls.from_configs(configs, model, tokenizer)
     return cls(model, tokenizer)
