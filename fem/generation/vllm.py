@@ -206,7 +206,7 @@ class VLLMBackend:
         greedy = params.temperature == 0
         seeds: list[int | None] = [None] * n
         if generator is not None and not greedy:
-            seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
+            seeds = [int(torch.randint(0, 2**62, (1,), generator=generator)) for _ in range(n)]  # row i: i-th draw
         for i in range(n):
             if caps[i] > 0:
                 self._check_prefix(prefixes[i], caps[i])

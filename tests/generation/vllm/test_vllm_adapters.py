@@ -1,0 +1,137 @@
+"""Adapters between rounds: the vLLM backend decodes with exactly the adapter last loaded, including a second version
+written to the same path (a reused LoRA name could be served from stale prefix-cache blocks), and unloading restores
+the base model. The reference is the hf backend with the same adapter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fem.generation.base import SamplingParams
+from fem.proposals.power import rescore
+
+pytestmark = pytest.mark.vllm
+
+TOL = 1e-3
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # fem's M-step targets
+
+
+def _write_adapter(model_dir, path, seed):
+    """A random (non-zero) LoRA adapter of rank 8 on every linear layer, as PEFT saves it."""
+    from peft import LoraConfig, get_peft_model
+
+    from fem.models import load_model
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(
+        load_model(str(model_dir)),
+        LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, init_lora_weights=False),
+    )
+    peft_model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture()
+def hf_fresh(vllm_model_dir):
+    from fem.generation.hf import HFBackend
+    from fem.models import load_model_and_tokenizer
+
+    return HFBackend(*load_model_and_tokenizer(str(vllm_model_dir)))
+
+
+def test_each_round_decodes_with_the_last_loaded_adapter(vllm_backend, hf_fresh, vllm_model_dir, tmp_path):
+    block = vllm_backend.engine.vllm_config.cache_config.block_size
+    long = hf_fresh.encode("Response A Response B Instruction: which response is better? " * 40)[: block + 9]
+    prefixes = [long, long[: block + 3], hf_fresh.encode("Verdict: A")]
+    greedy = SamplingParams(temperature=0.0)
+    try:
+        base = vllm_backend.next_token_logprobs(prefixes)
+        vllm_backend.generate(prefixes, greedy, 8)  # fill the prefix cache with base-model blocks
+        rows = {}
+        round_dir = tmp_path / "round_000" / "adapter"
+        for version, seed in (("v1", 1), ("v2", 2)):  # v2 overwrites v1 at the same path
+            path = _write_adapter(vllm_model_dir, round_dir, seed)
+            vllm_backend.load_adapter(path)
+            hf_fresh.load_adapter(path)
+            assert vllm_backend.adapter_path == path
+            rows[version] = vllm_backend.next_token_logprobs(prefixes)
+            assert (rows[version] - hf_fresh.next_token_logprobs(prefixes)).abs().max() < TOL
+            conts, _ = vllm_backend.generate(
+                prefixes, SamplingParams(temperature=0.5, top_k=20), 12, generator=torch.Generator().manual_seed(seed)
+            )
+            for prefix, cont in zip(prefixes, conts):
+                ref = rescore(hf_fresh, prefix, cont.token_ids, SamplingParams(temperature=0.5, top_k=20))
+                for name in ("logp", "logq", "entropy"):
+                    assert getattr(cont, name) == pytest.approx(getattr(ref, name), abs=TOL), name
+        assert (rows["v1"] - base).abs().max() > 1e-2
+        assert (rows["v2"] - rows["v1"]).abs().max() > 1e-2
+        third = _write_adapter(vllm_model_dir, tmp_path / "round_001" / "adapter", 3)
+        vllm_backend.load_adapter(third)
+        hf_fresh.load_adapter(third)
+        assert (vllm_backend.next_token_logprobs(prefixes) - hf_fresh.next_token_logprobs(prefixes)).abs().max() < TOL
+    finally:
+        vllm_backend.unload_adapter()
+    assert vllm_backend.adapter_path is None
+    assert (vllm_backend.next_token_logprobs(prefixes) - base).abs().max() < 1e-5
+
+
+def test_load_adapter_rejects_what_the_engine_cannot_serve(vllm_backend, vllm_model_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        vllm_backend.load_adapter(str(tmp_path))
+    from peft import LoraConfig, get_peft_model
+
+    from fem.models import load_model
+
+    big = get_peft_model(load_model(str(vllm_model_dir)), LoraConfig(r=32, target_modules=["q_proj"]))
+    big.save_pretrained(tmp_path / "big")
+    with pytest.raises(ValueError, match="max_lora_rank"):
+        vllm_backend.load_adapter(str(tmp_path / "big"))
+    assert vllm_backend.adapter_path is None
+
+
+def test_an_mstep_next_to_the_engine_trains_the_adapter_the_next_round_decodes_with(
+    vllm_backend, hf_fresh, vllm_model_dir, tmp_path
+):
+    """One EM round in one process: the in-process engine (which initialises torch.distributed) does not keep TRL
+    from training LoRA on the HF model, and the engine then serves exactly the trained adapter."""
+    from peft import LoraConfig
+
+    from fem.configs import mstep_config_class
+    from fem.models import load_model
+    from fem.mstep.sft import train_adapter
+
+    rows = [
+        {"prompt": [{"role": "user", "content": f"what is {a} + {b}?"}], "completion": f"The answer is {a + b}"}
+        for a in range(4)
+        for b in range(3)
+    ]
+    args = mstep_config_class()(
+        output_dir=str(tmp_path / "run"),
+        num_train_epochs=2,
+        per_device_train_batch_size=4,
+        learning_rate=5e-3,
+        report_to="none",
+        seed=0,
+    )
+    metrics = train_adapter(
+        base_model=load_model(str(vllm_model_dir)),
+        tokenizer=hf_fresh.tokenizer,
+        rows=rows,
+        args=args,
+        peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
+        adapter_dir=tmp_path / "adapter",
+        init_adapter=None,
+        weighted=False,
+        seed=0,
+    )
+    assert metrics["mstep/steps"] > 0
+    prefixes = [hf_fresh.encode("what is 2 + 1?"), hf_fresh.encode("Verdict: A")]
+    base = vllm_backend.next_token_logprobs(prefixes)
+    try:
+        vllm_backend.load_adapter(str(tmp_path / "adapter"))
+        hf_fresh.load_adapter(str(tmp_path / "adapter"))
+        tuned = vllm_backend.next_token_logprobs(prefixes)
+        assert (tuned - hf_fresh.next_token_logprobs(prefixes)).abs().max() < TOL
+        assert (tuned - base).abs().max() > 1e-2
+    finally:
+        vllm_backend.unload_adapter()
