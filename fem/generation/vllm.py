@@ -50,8 +50,9 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # before vLLM is importe
 
 from fem.generation.base import STATS, Continuation, DecodeStats, SamplingParams, StopCallback  # noqa: E402
 from fem.generation.hf import eos_ids_of  # noqa: E402
+from fem.generation.vllm_decode import DecodeRun  # noqa: E402
 from fem.generation.vllm_engine import EngineOptions, create_engine, lora_rank_bound, shutdown_engine  # noqa: E402
-from fem.generation.vllm_stats import EXTRA_ARGS_KEY, collect_stats  # noqa: E402
+from fem.generation.vllm_stats import EXTRA_ARGS_KEY  # noqa: E402
 
 
 class VLLMBackend:
@@ -163,9 +164,8 @@ class VLLMBackend:
     def _add(self, prefix: Sequence[int], params: Any, request_id: str) -> None:
         from vllm.inputs import TokensPrompt
 
-        self.engine.add_request(
-            request_id, TokensPrompt(prompt_token_ids=list(prefix)), params, lora_request=self._lora
-        )
+        ids = [int(t) for t in prefix]  # a wrong type fails here, not inside an engine step
+        self.engine.add_request(request_id, TokensPrompt(prompt_token_ids=ids), params, lora_request=self._lora)
 
     def _new_id(self) -> str:
         return f"fem-{next(self._request_ids)}"
@@ -174,7 +174,7 @@ class VLLMBackend:
         """The tracker's new (logp, entropy, row) per request key (``vllm_stats.StatsTracker.collect``)."""
         if not keys:
             return {}
-        return self.llm.collective_rpc(collect_stats, args=(keys, release))[0]
+        return self.llm.collective_rpc("fem_collect_stats", args=(keys, release))[0]
 
     def _cleanup(self, request_ids: list[str], tracked: list[str]) -> None:
         """After an error: abort the requests (those already finished are ignored) and drop their statistics."""
@@ -210,7 +210,7 @@ class VLLMBackend:
         for i in range(n):
             if caps[i] > 0:
                 self._check_prefix(prefixes[i], caps[i])
-        run = _Run(self, [Continuation() for _ in range(n)], caps, want, greedy, stop_callback)
+        run = DecodeRun(self, [Continuation() for _ in range(n)], caps, want, greedy, stop_callback)
         try:
             for i in range(n):
                 if caps[i] <= 0:
@@ -325,96 +325,3 @@ class VLLMBackend:
             self.engine.remove_lora(self._lora.lora_int_id)
         self._lora = None
         self._adapter_path = None
-
-
-class _Run:
-    """One ``generate`` call in flight: steps the engine until its requests end and fills their continuations."""
-
-    def __init__(self, backend: VLLMBackend, conts, caps, want, greedy, stop_callback):
-        self.backend, self.conts, self.caps, self.want = backend, conts, caps, want
-        self.greedy, self.stop_callback = greedy, stop_callback
-        self.track = bool(want & {"logp", "entropy"})
-        self.row_of: dict[str, int] = {}
-        self.tracked: dict[str, tuple[list[float], list[float]]] = {}  # request -> base (logp, entropy) by position
-        self.stats = DecodeStats()
-
-    def loop(self) -> None:
-        eos = self.backend.eos_token_ids
-        active = set(self.row_of)
-        while active:
-            arrived = []
-            for out in self.backend.engine.step():
-                if out.request_id not in active:
-                    continue
-                cont = self.conts[self.row_of[out.request_id]]
-                completion = out.outputs[0]
-                tokens = list(completion.token_ids)
-                if not cont.token_ids and out.num_cached_tokens is not None:
-                    self.stats.tokens_encoded += len(out.prompt_token_ids or []) - int(out.num_cached_tokens)
-                logq = [0.0] * len(tokens)
-                if "logq" in self.want and not self.greedy:
-                    logq = [entry[t].logprob for entry, t in zip(completion.logprobs or [], tokens)]
-                    if len(logq) != len(tokens):
-                        raise RuntimeError(f"vLLM returned no log-prob for a token of {out.request_id}")
-                arrived.append((out.request_id, tokens, logq))
-                if out.finished:
-                    active.discard(out.request_id)
-            self.stats.forward_passes += 1
-            if self.stop_callback is not None and self.track:
-                self._pull([r for r, tokens, _ in arrived if tokens], release=False)
-            stopped = []
-            for request_id, tokens, logq in arrived:
-                i = self.row_of[request_id]
-                cont = self.conts[i]
-                for token, lq in zip(tokens, logq):
-                    cont.token_ids.append(token)
-                    self.stats.tokens_decoded += 1
-                    if "logq" in self.want:
-                        cont.logq.append(lq)
-                    if token in eos:
-                        cont.finished = True
-                        break
-                    if self.stop_callback is not None:
-                        self._sync(request_id, cont)
-                        if self.stop_callback(i, cont):
-                            cont.stopped_early = True
-                            stopped.append(request_id)
-                            break
-                    if len(cont.token_ids) >= self.caps[i]:
-                        break
-            if stopped:
-                self.backend.engine.abort_request(stopped)
-                active.difference_update(stopped)
-
-    def finish(self) -> None:
-        """Fetch the statistics not fetched yet, release the tracker's records, check every row is complete."""
-        if self.track:
-            self._pull(list(self.row_of), release=True)
-        for request_id, i in self.row_of.items():
-            cont = self.conts[i]
-            if self.track:
-                self._sync(request_id, cont)
-            for name in self.want:
-                if len(getattr(cont, name)) != len(cont.token_ids):
-                    raise RuntimeError(f"vLLM backend: {name} missing for request {request_id}")
-
-    def _pull(self, request_ids: list[str], release: bool) -> None:
-        for request_id, got in self.backend._collect(request_ids, release).items():
-            if got is not None:
-                logp, entropy = self.tracked.setdefault(request_id, ([], []))
-                logp.extend(got[0])
-                entropy.extend(got[1])
-
-    def _sync(self, request_id: str, cont: Continuation) -> None:
-        """Bring ``cont.logp`` / ``cont.entropy`` up to its tokens (the engine may have computed more positions)."""
-        logp, entropy = self.tracked.get(request_id, ([], []))
-        n = len(cont.token_ids)
-        for name, values in (("logp", logp), ("entropy", entropy)):
-            if name not in self.want:
-                continue
-            if len(values) < n:
-                raise RuntimeError(
-                    f"vLLM backend: the statistics tracker has no {name} for token {n - 1} of {request_id}"
-                )
-            mine = getattr(cont, name)
-            mine.extend(values[len(mine) : n])

@@ -8,7 +8,8 @@ gives vLLM's own engine process instead (the engine may run a few steps ahead of
 Engine settings fem fixes, whatever the recipe says (each one is part of the statistics contract):
 
 - ``logprobs_mode="processed_logprobs"``: the sampled token's log-prob is ``logq`` (after temperature/top-k/top-p);
-- ``logits_processors=[StatsTracker]``: base ``logp`` and entropy from the raw logits (``vllm_stats``);
+- ``logits_processors=[StatsTracker]``: base ``logp`` and entropy from the raw logits (``vllm_stats``), fetched by
+  ``collective_rpc`` through ``worker_extension_cls=StatsWorkerExtension``;
 - ``async_scheduling=False``: the tracker reads positions from the live output lists;
 - ``enable_chunked_prefill=False`` (``max_num_batched_tokens >= max_model_len``): a per-request ``seed`` crashes the
   CPU engine when a prompt is split across steps ("CPU Generator does not use offset", vLLM rewinds the generator of a
@@ -135,7 +136,7 @@ def engine_kwargs(model_dir: str, options: EngineOptions, model_dtype: str) -> d
     """Keyword arguments of ``vllm.LLM`` for ``options`` plus the settings fem fixes (module docstring)."""
     from vllm.platforms import current_platform
 
-    from fem.generation.vllm_stats import StatsTracker
+    from fem.generation.vllm_stats import StatsTracker, StatsWorkerExtension
 
     dtype = model_dtype if options.dtype == "auto" else options.dtype
     kwargs: dict[str, Any] = dict(
@@ -149,6 +150,7 @@ def engine_kwargs(model_dir: str, options: EngineOptions, model_dtype: str) -> d
         seed=options.seed,
         logprobs_mode="processed_logprobs",
         logits_processors=[StatsTracker],
+        worker_extension_cls=f"{StatsWorkerExtension.__module__}.{StatsWorkerExtension.__qualname__}",
         async_scheduling=False,
         enable_chunked_prefill=False,
         max_num_batched_tokens=max(options.max_model_len, 2048),

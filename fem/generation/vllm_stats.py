@@ -17,8 +17,8 @@ keep their first row for the caller. ``force`` requests (teacher forcing, for ``
 logits the tracker replaces, *after* reading them, by a one-hot on the given token of that position, so the engine
 decodes exactly the given continuation from the prefix cache and the tracker reads its base statistics.
 
-The tracker lives in the worker that samples (the caller's process when the engine runs in-process).
-``collect_stats`` reaches it through ``LLM.collective_rpc`` either way, so one code path serves both.
+The tracker lives in the worker that samples (the caller's process when the engine runs in-process). The backend
+reaches it by ``LLM.collective_rpc("fem_collect_stats", ...)`` (``StatsWorkerExtension``) either way: one code path.
 
 Requires vLLM's synchronous scheduler (``async_scheduling=False``): with asynchronous scheduling the live output list
 holds placeholder ids while a step is in flight, and positions would be misread.
@@ -174,6 +174,9 @@ def find_tracker(worker: Any) -> StatsTracker:
     raise RuntimeError("the vLLM engine has no fem StatsTracker logits processor (it must be built by fem)")
 
 
-def collect_stats(worker: Any, keys: list[str], release: bool):
-    """``LLM.collective_rpc`` entry point: ``StatsTracker.collect`` on the worker's tracker."""
-    return find_tracker(worker).collect(keys, release)
+class StatsWorkerExtension:
+    """Mixed into vLLM's worker (``worker_extension_cls``) so that ``LLM.collective_rpc("fem_collect_stats", ...)``
+    reaches the tracker by name, in this process or in vLLM's (no pickled callables)."""
+
+    def fem_collect_stats(self, keys: list[str], release: bool):
+        return find_tracker(self).collect(keys, release)
