@@ -38,9 +38,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "mstep": ("bench_mstep.py", "fem M-step vs a plain TRL SFTTrainer + LoRA script, tokens/s"),
     "em": ("bench_em.py", "EM schemes (rejection, STaR, PPS): acceptance, kept samples, eval accuracy"),
     "proposals": ("bench_proposals.py", "(legacy) backend and power_mh throughput in one script"),
+    "vllm": ("bench_vllm.py", "decoding tokens/s of the vllm backend vs hf vs a generate loop (needs vLLM)"),
 }
 # group -> {benchmark: its extra arguments}; the order is the order of the run and of BENCHMARKS.md
-ALL: dict[str, list[str]] = {n: [] for n in BENCHMARKS if n != "proposals"}
+ALL: dict[str, list[str]] = {n: [] for n in BENCHMARKS if n not in ("proposals", "vllm")}
 # every section at a size that fits < 20 min on a 2-core CPU (`make bench-core`): throughput in fp32 only (bf16 has
 # no hardware support on such CPUs), quality on the stylized task only, EM schemes on the stylized task only
 CORE: dict[str, list[str]] = {

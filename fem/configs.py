@@ -396,7 +396,9 @@ class EMConfig:
     vllm_dtype: str = field(
         default="auto", metadata={"help": "vLLM weights dtype: auto (the loaded model's), float32, bfloat16, float16."}
     )
-    vllm_max_model_len: int = field(default=4096, metadata={"help": "vLLM: longest prompt + completion (tokens)."})
+    vllm_max_model_len: int | None = field(
+        default=None, metadata={"help": "vLLM: longest prompt + completion in tokens (default: the model's context)."}
+    )
     vllm_kv_cache_gib: float | None = field(
         default=None, metadata={"help": "vLLM KV-cache size in GiB (default: 1 on CPU; on a GPU the memory fraction)."}
     )
@@ -415,7 +417,12 @@ class EMConfig:
             self.backend in ("hf", "vllm"), "backend", f"'{self.backend}' is not a backend", "use backend: hf or vllm"
         )
         _check_choice(self.vllm_dtype, ("auto", "float32", "bfloat16", "float16"), "vllm_dtype")
-        _check(self.vllm_max_model_len >= 16, "vllm_max_model_len", "must be >= 16", "set e.g. 4096")
+        _check(
+            self.vllm_max_model_len is None or self.vllm_max_model_len >= 16,
+            "vllm_max_model_len",
+            "must be >= 16",
+            "set e.g. 4096, or remove it (the model's context length)",
+        )
         _check(
             self.vllm_kv_cache_gib is None or self.vllm_kv_cache_gib > 0,
             "vllm_kv_cache_gib",

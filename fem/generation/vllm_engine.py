@@ -46,7 +46,7 @@ class EngineOptions:
     """Engine settings a recipe may choose (``vllm_*`` keys). ``dtype="auto"`` follows the loaded model."""
 
     dtype: str = "auto"
-    max_model_len: int = 4096
+    max_model_len: int | None = None  # None: the model's own context length
     kv_cache_gib: float | None = None  # KV-cache size; default: 1 GiB on CPU, gpu_memory_utilization on a GPU
     gpu_memory_utilization: float = 0.5
     tensor_parallel_size: int = 1
@@ -132,6 +132,15 @@ def check_head_dim(model_dir: str) -> None:
         raise ValueError(f"head size {head_dim} of {model_dir} is not supported by vLLM's CPU attention ({supported})")
 
 
+def context_length(model_dir: str) -> int:
+    """The model's own maximum sequence length (what vLLM derives when ``max_model_len`` is not given)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    config = getattr(config, "text_config", None) or config
+    return int(getattr(config, "max_position_embeddings", None) or 2048)
+
+
 def engine_kwargs(model_dir: str, options: EngineOptions, model_dtype: str) -> dict[str, Any]:
     """Keyword arguments of ``vllm.LLM`` for ``options`` plus the settings fem fixes (module docstring)."""
     from vllm.platforms import current_platform
@@ -139,10 +148,11 @@ def engine_kwargs(model_dir: str, options: EngineOptions, model_dtype: str) -> d
     from fem.generation.vllm_stats import StatsTracker, StatsWorkerExtension
 
     dtype = model_dtype if options.dtype == "auto" else options.dtype
+    max_model_len = options.max_model_len or context_length(model_dir)
     kwargs: dict[str, Any] = dict(
         model=str(model_dir),
         dtype=dtype,
-        max_model_len=options.max_model_len,
+        max_model_len=max_model_len,
         tensor_parallel_size=options.tensor_parallel_size,
         enable_prefix_caching=options.enable_prefix_caching,
         enforce_eager=options.enforce_eager,
@@ -153,7 +163,7 @@ def engine_kwargs(model_dir: str, options: EngineOptions, model_dtype: str) -> d
         worker_extension_cls=f"{StatsWorkerExtension.__module__}.{StatsWorkerExtension.__qualname__}",
         async_scheduling=False,
         enable_chunked_prefill=False,
-        max_num_batched_tokens=max(options.max_model_len, 2048),
+        max_num_batched_tokens=max(max_model_len, 2048),
         skip_tokenizer_init=True,
         generation_config="vllm",
         gpu_memory_utilization=options.gpu_memory_utilization,
