@@ -84,3 +84,40 @@ def test_engine_in_its_own_process_gives_the_same_statistics(vllm_model_dir, hf_
             assert a.token_ids == b.token_ids[:2] and a.logp == pytest.approx(b.logp[:2], abs=1e-6)
     finally:
         backend.close()
+
+
+def test_em_loop_on_vllm_evaluates_each_round_with_its_adapter(tmp_path, vllm_model_dir):
+    """``fem train`` with backend: vllm (2 rounds: E-step, in-process M-step, adapter swap, eval). Each evaluation's
+    forced read-out probabilities are recomputed with the hf backend and that round's adapter (none for the base)."""
+    import json
+
+    from helpers import FAST_OVERRIDES, SMOKE_RECIPE, run_fem
+
+    pytest.importorskip("vllm")
+    from fem.generation.hf import HFBackend
+    from fem.models import load_model_and_tokenizer
+    from fem.recipe import parse_configs
+    from fem.tasks import build_task
+    from fem.tasks.answering import score_completions
+    from fem.tasks.prompting import render_prompt
+
+    out = tmp_path / "run"
+    args = ["--config", SMOKE_RECIPE, "--output_dir", str(out), "--model_name_or_path", str(vllm_model_dir)]
+    args += [*FAST_OVERRIDES, "--backend", "vllm", "--vllm_kv_cache_gib", "0.125"]
+    result = run_fem("train", *args, env={"FEM_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    configs = parse_configs(args)
+    task = build_task(configs.task)
+    examples = {e.id: e for e in task.load("eval")}
+    hf = HFBackend(*load_model_and_tokenizer(str(vllm_model_dir)))
+    for folder, adapter in (("baseline", None), ("round_000/eval", "round_000"), ("round_001/eval", "round_001")):
+        hf.unload_adapter()
+        if adapter:
+            hf.load_adapter(str(out / adapter / "adapter"))
+        preds = [json.loads(line) for line in (out / folder / "predictions.jsonl").read_text().splitlines()]
+        assert preds
+        rows = [examples[p["example_id"]] for p in preds]
+        prompts = [render_prompt(hf.tokenizer, task.prompt(e)) for e in rows]
+        again = score_completions(task, hf, rows, [p["completion"] for p in preds], "forced", prompt_ids=prompts)
+        for pred, ref in zip(preds, again):
+            assert pred["info"]["option_probs"] == pytest.approx(ref.info["option_probs"], abs=1e-3), folder
