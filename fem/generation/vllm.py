@@ -167,7 +167,11 @@ class VLLMBackend:
     def _add(self, prefix: Sequence[int], params: Any, request_id: str) -> None:
         from vllm.inputs import TokensPrompt
 
-        ids = [int(t) for t in prefix]  # a wrong type fails here, not inside an engine step
+        ids = [int(t) for t in prefix]  # a wrong type or id fails here, not inside an engine step (which would
+        if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):  # kill it: vLLM checks ids only with a tokenizer)
+            raise ValueError(
+                f"prefix of {request_id} holds a token id outside the vocabulary (size {self.vocab_size})"
+            )
         self.engine.add_request(request_id, TokensPrompt(prompt_token_ids=ids), params, lora_request=self._lora)
 
     def _new_id(self) -> str:
@@ -252,6 +256,10 @@ class VLLMBackend:
                 request_id = self._new_id()
                 row_of[request_id] = i
                 force = [int(t) for t in cont]
+                if not all(0 <= t < self.vocab_size for t in force):
+                    raise ValueError(
+                        f"continuation {i} holds a token id outside the vocabulary (size {self.vocab_size})"
+                    )
                 sp = self._sampling_params(
                     max_tokens=len(force),
                     temperature=0.0,

@@ -116,6 +116,10 @@ def test_score_and_next_token_logprobs_match_hf(vllm_backend, hf_ref, prompts):
     ours, ref = vllm_backend.score(prompts, tokens), hf_ref.score(prompts, tokens)
     for a, b, cont in zip(ours, ref, conts):
         assert a == pytest.approx(b, abs=TOL) and a == pytest.approx(cont.logp, abs=TOL)
+    with pytest.raises(ValueError, match="vocabulary"):
+        vllm_backend.score(prompts[:1], [[vllm_backend.vocab_size]])
+    with pytest.raises(ValueError, match="vocabulary"):
+        vllm_backend.generate([[1, -3]], SamplingParams(), 2)
     rows = vllm_backend.next_token_logprobs(prompts)
     assert rows.shape == (len(prompts), vllm_backend.vocab_size) and rows.dtype == torch.float32
     assert (rows - hf_ref.next_token_logprobs(prompts)).abs().max() < TOL
