@@ -38,6 +38,7 @@ import logging
 import os
 import platform
 import random
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,8 +229,20 @@ def _contained_side_effects(in_process: bool):
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved_env
 
 
+_LIVE_IN_PROCESS: list[weakref.ref] = []  # the in-process engine of this process, while it is open
+
+
 def create_engine(model_dir: str, options: EngineOptions, model_dtype: str = "float32"):
-    """A ``vllm.LLM`` over the Hugging Face folder ``model_dir`` (see the module docstring for what is fixed)."""
+    """A ``vllm.LLM`` over the Hugging Face folder ``model_dir`` (see the module docstring for what is fixed).
+
+    At most one in-process engine may be open per process: vLLM keeps its distributed state in module globals, shared
+    by every in-process engine, and closing one tears that state down under the others."""
+    _LIVE_IN_PROCESS[:] = [ref for ref in _LIVE_IN_PROCESS if ref() is not None]
+    if options.in_process and _LIVE_IN_PROCESS:
+        raise RuntimeError(
+            "an in-process vLLM engine is already open in this process (vLLM's distributed state is per process): "
+            "close() its backend first, or build this one with in_process=False"
+        )
     problem = vllm_problem(options.dtype if options.dtype != "auto" else model_dtype)
     if problem is not None:
         raise RuntimeError(f"{problem[0]}: {problem[1]}")
@@ -238,11 +251,16 @@ def create_engine(model_dir: str, options: EngineOptions, model_dtype: str = "fl
     from vllm import LLM
 
     with _contained_side_effects(options.in_process):
-        return LLM(**kwargs)
+        llm = LLM(**kwargs)
+    if options.in_process:
+        _LIVE_IN_PROCESS.append(weakref.ref(llm))
+    return llm
 
 
 def shutdown_engine(llm: Any) -> None:
-    """Stop the engine (its process, when it has one) and free its memory."""
+    """Stop the engine (its process, when it has one) and free its memory. In-process, this also tears down vLLM's
+    distributed state (``EngineCore.shutdown``), after which another in-process engine may be created."""
+    _LIVE_IN_PROCESS[:] = [ref for ref in _LIVE_IN_PROCESS if ref() is not None and ref() is not llm]
     engine = getattr(llm, "llm_engine", None)
     core = getattr(engine, "engine_core", None)
     if core is not None:

@@ -1,6 +1,7 @@
 """One vLLM engine per test session, over a tiny random Llama vLLM's CPU attention accepts (head size 32), and the
 ``hf`` reference backend over the same folder. The test modules here are marked ``vllm``; the engine fixture skips
-them when vLLM is not installed."""
+them when vLLM is not installed. Tests that need another engine build it with ``in_process=False``: one in-process
+engine per process (``vllm_engine.create_engine``)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ def vllm_backend(vllm_model_dir, hf_ref):
     from fem.generation.vllm import VLLMBackend
     from fem.generation.vllm_engine import EngineOptions
 
-    options = EngineOptions(max_model_len=512, kv_cache_gib=0.125, max_lora_rank=8, max_num_seqs=256)
+    # a KV cache of 9 blocks (1,152 tokens): big batches queue and get preempted, so every test also checks that the
+    # statistics survive vLLM's scheduling under memory pressure
+    options = EngineOptions(max_model_len=512, kv_cache_gib=0.0012, max_lora_rank=8, max_num_seqs=256)
     backend = VLLMBackend(hf_ref.model, hf_ref.tokenizer, model_dir=str(vllm_model_dir), options=options)
     yield backend
     backend.close()

@@ -1,6 +1,7 @@
-"""Slower vLLM checks, each with its own engine: the embedded SmolLM2 (its GGUF de-quantised to a cached HF folder)
-gives the hf backend's statistics; an engine in vLLM's own process (``in_process=False``) gives the same statistics
-through ``collective_rpc`` as the in-process one."""
+"""Slower vLLM checks, each with its own engine in vLLM's own process (the session's engine is the in-process one):
+the embedded SmolLM2 (its GGUF de-quantised to a cached HF folder) gives the hf backend's statistics; an engine in
+its own process gives the same statistics through ``collective_rpc`` as the in-process one, and stops rows exactly
+where the callback says; ``fem train`` with backend: vllm evaluates each round with that round's adapter."""
 
 from __future__ import annotations
 
@@ -45,9 +46,10 @@ def test_smollm2_from_its_gguf(tmp_path, monkeypatch):
         assert torch.equal(a, b), name
     del exported
     hf = HFBackend(model, tokenizer)
-    backend = VLLMBackend(
-        model, tokenizer, model_dir=folder, options=EngineOptions(max_model_len=512, kv_cache_gib=0.25)
-    )
+    options = EngineOptions(
+        max_model_len=512, kv_cache_gib=0.25, in_process=False
+    )  # the session has the in-process one
+    backend = VLLMBackend(model, tokenizer, model_dir=folder, options=options)
     try:
         from fem.tasks.prompting import render_prompt
 
@@ -121,22 +123,3 @@ def test_em_loop_on_vllm_evaluates_each_round_with_its_adapter(tmp_path, vllm_mo
         again = score_completions(task, hf, rows, [p["completion"] for p in preds], "forced", prompt_ids=prompts)
         for pred, ref in zip(preds, again):
             assert pred["info"]["option_probs"] == pytest.approx(ref.info["option_probs"], abs=1e-3), folder
-
-
-def test_preempted_requests_keep_exact_statistics(vllm_model_dir, hf_ref):
-    """A KV cache too small for the batch: vLLM preempts and recomputes requests; the tracker's positions survive."""
-    pytest.importorskip("vllm")
-    from fem.generation.vllm import VLLMBackend
-    from fem.generation.vllm_engine import EngineOptions
-
-    options = EngineOptions(max_model_len=512, kv_cache_gib=0.0012, enable_lora=False, enable_prefix_caching=False)
-    backend = VLLMBackend(hf_ref.model, hf_ref.tokenizer, model_dir=str(vllm_model_dir), options=options)
-    try:
-        scheduler = backend.engine.engine_core.engine_core.scheduler
-        preempt, preempted = scheduler._preempt_request, []
-        scheduler._preempt_request = lambda *a, **k: preempted.append(1) or preempt(*a, **k)
-        prompts = [hf_ref.encode(f"{i} Question: what is 2 + 3? Let's think step by step. " * 2) for i in range(12)]
-        _check_against_hf(backend, hf_ref, prompts, SamplingParams(temperature=0.5, top_k=40), n=150)
-        assert preempted, "the KV cache was large enough: no preemption happened"
-    finally:
-        backend.close()

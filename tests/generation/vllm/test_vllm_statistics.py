@@ -1,6 +1,7 @@
 """The statistics contract on vLLM: per-token logp, logq and entropy of vLLM's own draws agree with the ``hf``
 reference backend on the same tokens (fp32, 1e-3), for every sampling setting; raw and processed log-probs are not
-swapped; ``stats=`` skips what is not asked; the stop callback sees complete statistics."""
+swapped; ``stats=`` skips what is not asked; the stop callback sees complete statistics; statistics survive vLLM's
+preemption (the session engine's KV cache is small on purpose); a second in-process engine is refused."""
 
 from __future__ import annotations
 
@@ -136,3 +137,26 @@ def test_forced_readout_hits_the_prefix_cache(vllm_backend, hf_ref):
     encoded = vllm_backend.readout_tokens_encoded - before
     assert 0 < encoded <= len(readout) - 2 * block, (encoded, len(readout), block)
     assert (rows - hf_ref.next_token_logprobs([readout])).abs().max() < TOL
+
+
+def test_statistics_survive_preemption(vllm_backend, hf_ref):
+    """The session engine's KV cache holds 9 blocks: this batch makes vLLM preempt and recompute requests."""
+    scheduler = vllm_backend.engine.engine_core.engine_core.scheduler
+    preempt, preempted = scheduler._preempt_request, []
+    scheduler._preempt_request = lambda *a, **k: preempted.append(1) or preempt(*a, **k)
+    try:
+        prompts = [hf_ref.encode(f"{i} Question: what is 2 + 3? Let's think step by step. " * 2) for i in range(12)]
+        params = SamplingParams(temperature=0.5, top_k=40)
+        conts, _ = vllm_backend.generate(prompts, params, 150, generator=torch.Generator().manual_seed(9))
+    finally:
+        scheduler._preempt_request = preempt
+    assert preempted, "no preemption happened: the test checks nothing"
+    assert max(_max_gaps(hf_ref, prompts, conts, params).values()) < TOL
+
+
+def test_a_second_in_process_engine_is_refused(vllm_backend, vllm_model_dir, hf_ref):
+    from fem.generation.vllm import VLLMBackend
+    from fem.generation.vllm_engine import EngineOptions
+
+    with pytest.raises(RuntimeError, match="already open"):
+        VLLMBackend(hf_ref.model, hf_ref.tokenizer, model_dir=str(vllm_model_dir), options=EngineOptions())
