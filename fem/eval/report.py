@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
+from fem import metrics as M
 from fem.errors import FemError
-from fem.eval import metrics as M
 from fem.eval.command import comparison_table
 from fem.utils.io import atomic_write_text, read_jsonl
 from fem.utils.logging import get_logger

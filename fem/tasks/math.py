@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from fem.eval import metrics as M
+from fem import metrics as M
 
 from .base import Example, Prediction
 from .common import DataTask, group_by_example

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from fem.eval import metrics as M
+from fem import metrics as M
 
 from .base import Example, Prediction
 from .judge import TIE, PairwiseTask, calibration_metrics

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from fem import metrics as M
 from fem.errors import FemError
-from fem.eval import metrics as M
 from fem.eval.report import PLOTS, build_report, calibration_pairs, load_run, stage_acceptance
 
 ALL_PLOTS = {spec.name for spec in PLOTS}
