@@ -4,37 +4,24 @@ Every field name is unique across the dataclasses (the recipe is flat). Each dat
 fields in ``__post_init__``; ``validate_configs`` checks what spans several of them. Errors are
 ``ConfigError`` with the field and the fix; the CLI adds the recipe's file name.
 
-Only the light dataclasses live at module level: ``MStepConfig`` (a ``trl.SFTConfig``) and the model config (a
-``trl.ModelConfig``) are built lazily by ``mstep_config_class()`` / ``model_config_class()`` so that
-``fem --help`` does not import torch.
+This module imports neither torch nor TRL (``fem --help`` reads it): ``MStepConfig`` (a ``trl.SFTConfig``) and the
+model config (a ``trl.ModelConfig``) live in ``fem.trl_configs``.
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fem.errors import ConfigError
+from fem.validation import check as _check
+from fem.validation import check_choice as _check_choice
 
 SCHEMES = ("rejection", "star", "pps")
 CUTS = ("uniform", "entropy")
 ANSWER_MODES = ("generate", "forced")
 TIE_POLICIES = ("drop", "third")
-
-
-def _check(condition: bool, field_name: str, message: str, fix: str) -> None:
-    if not condition:
-        raise ConfigError(message, field=field_name, fix=fix)
-
-
-def _check_choice(value: str, choices: tuple[str, ...], field_name: str) -> None:
-    _check(
-        value in choices,
-        field_name,
-        f"'{value}' is not one of {', '.join(choices)}",
-        f"set {field_name} to one of {choices}",
-    )
 
 
 @dataclass
@@ -360,6 +347,8 @@ class EvalConfig:
             f"must be >= 1 (got {self.num_samples})",
             "set at least one sample per prompt",
         )
+        labels = self.proposal_list
+        _check(len(set(labels)) == len(labels), "proposals", "names a proposal twice", "list each proposal once")
 
     @property
     def proposal_list(self) -> list[str]:
@@ -378,7 +367,10 @@ class EMConfig:
         },
     )
     backend: str = field(
-        default="hf", metadata={"help": "Generation backend: hf (vllm: GPU-only extra, not shipped yet)."}
+        default="hf",
+        metadata={
+            "help": "Generation backend: hf, or a dotted path to your own (vllm: GPU-only extra, not shipped yet)."
+        },
     )
     gguf_file: str | None = field(
         default=None,
@@ -394,26 +386,9 @@ class EMConfig:
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "rounds", f"must be >= 1 (got {self.rounds})", "run at least one EM round")
-        _check(self.backend in ("hf", "vllm"), "backend", f"'{self.backend}' is not a backend", "use backend: hf")
 
 
 FEM_DATACLASSES = (TaskConfig, ProposalConfig, EStepConfig, EvalConfig, EMConfig)
-
-
-@functools.cache
-def mstep_config_class() -> type:
-    """``MStepConfig`` (a ``trl.SFTConfig``); imported lazily because it pulls torch and TRL."""
-    from fem.trl_configs import MStepConfig
-
-    return MStepConfig
-
-
-@functools.cache
-def model_config_class() -> type:
-    """``FemModelConfig`` (a ``trl.ModelConfig``); imported lazily."""
-    from fem.trl_configs import FemModelConfig
-
-    return FemModelConfig
 
 
 @dataclass
@@ -431,12 +406,36 @@ class Configs:
 
     def flat(self) -> dict[str, Any]:
         """Every field of our own dataclasses plus the model fields (for config.yaml and run fingerprints)."""
-        from dataclasses import asdict
-
         out: dict[str, Any] = {}
         for part in (self.task, self.proposal, self.estep, self.eval, self.em, self.model):
             out.update(asdict(part))
         return out
+
+    def eval_variant(self, label: str, field_name: str = "eval_proposal") -> ProposalConfig:
+        """The proposal config an evaluation label means: the run's proposal settings at ``eval_temperature`` and
+        ``eval_max_new_tokens``; ``power_mh:uniform`` / ``power_mh:entropy`` pick the cut of power_mh (its suffix
+        proposal runs at ``1/alpha`` whatever the temperature)."""
+        name, _, cut = label.partition(":")
+        config = dataclasses.replace(self.proposal, proposal=name, temperature=self.eval.eval_temperature)
+        if self.eval.eval_max_new_tokens is not None:
+            config = dataclasses.replace(config, max_new_tokens=self.eval.eval_max_new_tokens)
+        if cut:
+            if name != "power_mh" or cut not in CUTS:
+                raise ConfigError(
+                    f"'{label}' is not a proposal variant",
+                    field=field_name,
+                    fix="use e.g. ancestral,power_mh:uniform,power_mh:entropy",
+                )
+            config = dataclasses.replace(config, power_cut=cut)
+        return config
+
+    def eval_variants(self) -> list[tuple[str, ProposalConfig]]:
+        """``(label, ProposalConfig)`` per proposal ``fem eval`` compares: ``proposals``, or else the evaluation
+        proposal of the EM loop (``eval_proposal``, default ancestral), so that ``fem eval --adapter RUN_DIR``
+        reproduces the last round's eval."""
+        labels = self.eval.proposal_list or [self.eval.eval_proposal or "ancestral"]
+        field_name = "proposals" if self.eval.proposal_list else "eval_proposal"
+        return [(label, self.eval_variant(label, field_name)) for label in labels]
 
 
 def validate_configs(c: Configs) -> None:
@@ -463,9 +462,3 @@ def validate_configs(c: Configs) -> None:
     ):
         if not ok:
             raise ConfigError(f"must be {rule} (got {getattr(m, name)})", field=name, fix=f"set {name} {rule}")
-    if c.em.backend == "vllm":
-        raise ConfigError(
-            "the vllm backend is not shipped yet (it cannot be tested without a GPU here)",
-            field="backend",
-            fix="use backend: hf",
-        )

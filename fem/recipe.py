@@ -16,20 +16,26 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from trl import TrlParser
 
-from fem.configs import FEM_DATACLASSES, Configs, model_config_class, mstep_config_class, validate_configs
+from fem.configs import FEM_DATACLASSES, Configs, validate_configs
 from fem.errors import ConfigError
+from fem.trl_configs import FemModelConfig, MStepConfig
 
 # Command-line shorthands documented in `fem eval --help`.
 ALIASES = {"--limit": "--eval_limit"}
-RESERVED_KEYS = {"env"}
-STRING_OR_LIST_KEYS = {
-    "lora_target_modules"
-}  # PEFT takes "all-linear" as well as a list of module names  # TrlParser's `env:` block sets environment variables
+RESERVED_KEYS = {"env"}  # TrlParser's `env:` block sets environment variables
+STRING_OR_LIST_KEYS = {"lora_target_modules"}  # PEFT takes "all-linear" as well as a list of module names
 
 
 def all_dataclasses() -> tuple[type, ...]:
-    return FEM_DATACLASSES + (mstep_config_class(), model_config_class())
+    """Every dataclass a recipe fills, in the order ``parse_configs`` unpacks them."""
+    return FEM_DATACLASSES + (MStepConfig, FemModelConfig)
+
+
+def recipe_parser() -> TrlParser:
+    """The parser of every recipe key (``fem COMMAND --help-all`` prints its help)."""
+    return TrlParser(all_dataclasses())
 
 
 def all_fields() -> dict[str, dataclasses.Field]:
@@ -172,9 +178,7 @@ def parse_configs(argv: Sequence[str]) -> Configs:
     if recipe is not None:
         data = load_recipe(recipe)
         check_recipe_keys(data, recipe)
-    from trl import TrlParser
-
-    parser = TrlParser(all_dataclasses())
+    parser = recipe_parser()
     parser.error = _raise_parse_error  # argparse would print usage and exit 2
     try:
         parsed = parser.parse_args_and_config(list(argv))

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from trl import ModelConfig, SFTConfig
 
-from fem.configs import _check
 from fem.errors import ConfigError
+from fem.validation import check as _check
 
 
 @dataclass

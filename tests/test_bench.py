@@ -53,7 +53,7 @@ def test_bench_exactness_and_mixing_quick(tmp_path):
 
 def test_bench_core_arguments_reach_the_script_and_its_record(tmp_path):
     """`fem bench core` passes each section's own arguments (here throughput's fp32-only) and the JSON names them."""
-    from fem.bench import CORE
+    from fem.commands.bench import CORE
 
     assert list(CORE) == ["exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em"]
     res = run_fem("bench", "throughput", "--quick", *CORE["throughput"], "--out", str(tmp_path), timeout=300)

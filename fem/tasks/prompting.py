@@ -1,4 +1,4 @@
-"""Prompt templates (format strings or .txt/.jinja files) and chat rendering to token ids."""
+"""Prompt templates (format strings or .txt/.jinja files) and chat messages (system prompt, plain text)."""
 
 from __future__ import annotations
 
@@ -102,23 +102,3 @@ def with_system(messages: Messages, system_prompt: str | None) -> Messages:
 def plain_text(messages: Messages) -> str:
     """Messages joined without a chat template (for tokenizers that have none): contents separated by blank lines."""
     return "\n\n".join(m["content"] for m in messages) + "\n\n"
-
-
-def render_prompt(tokenizer: Any, messages: Messages, system_prompt: str | None = None) -> list[int]:
-    """Token ids of the prompt: the tokenizer's chat template with ``add_generation_prompt=True`` when it has one,
-    otherwise the plain concatenation of the message contents. ``tokenizer`` may also be a generation backend
-    (anything with ``encode``), which has no chat template."""
-    messages = with_system(messages, system_prompt)
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        if isinstance(ids, Mapping):  # some tokenizers return a BatchEncoding regardless
-            ids = ids["input_ids"]
-        return [int(i) for i in ids]
-    text = plain_text(messages)
-    if (
-        hasattr(tokenizer, "apply_chat_template")
-        and callable(tokenizer)
-        and not hasattr(tokenizer, "next_token_logprobs")
-    ):
-        return list(tokenizer(text, add_special_tokens=True)["input_ids"])
-    return list(tokenizer.encode(text))

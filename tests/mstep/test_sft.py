@@ -23,7 +23,7 @@ ROWS = [
 
 
 def make_args(tmp_path: Path, **overrides):
-    from fem.configs import mstep_config_class
+    from fem.trl_configs import MStepConfig
 
     values = dict(
         output_dir=str(tmp_path / "run"),
@@ -34,7 +34,7 @@ def make_args(tmp_path: Path, **overrides):
         seed=0,
     )
     values.update(overrides)
-    return mstep_config_class()(**values)
+    return MStepConfig(**values)
 
 
 def peft_config():
