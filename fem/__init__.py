@@ -13,8 +13,9 @@ import each other (tests/test_layers.py checks both, and that nothing imports in
     drawing, readout, testing    prompt -> traces -> scored samples; the forced answer read-out; test LMs
     proposals/                   ancestral, power_mh, best_of_n (drive a backend; never know the task)
     generation/, tasks/          backends (protocols, hf); tasks (data, prompts, answers, rewards, metrics)
-    recipe, state, metrics,      recipe parsing; run state and resume; accuracy/ECE/pass@k...; untrusted code
-      sandbox
+    recipe, state                recipe parsing into Configs; run state and resume
+    run_configs, metrics,        one command's Configs and their cross-checks; accuracy/ECE/pass@k...; untrusted
+      sandbox                      code
     configs, trl_configs         the config dataclasses (fem's own; the TRL-based M-step and model configs)
     validation, registry         config checks from field metadata; name-or-dotted-path plug-in resolution
     errors, utils/               user-facing errors; io, logging, seeds, the process group (World)

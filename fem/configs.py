@@ -1,8 +1,9 @@
 """Config dataclasses parsed from one flat YAML recipe by ``trl.TrlParser``; CLI flags override the recipe.
 
-Every field name is unique across the dataclasses (the recipe is flat). Each dataclass validates its own
-fields in ``__post_init__``; ``validate_configs`` checks what spans several of them. Errors are
-``ConfigError`` with the field and the fix; the CLI adds the recipe's file name.
+Every field name is unique across the dataclasses (the recipe is flat). Each field declares its bounds or choices
+once, in its metadata next to its help; ``__post_init__`` checks them (``fem.validation``) plus what spans two
+fields (``fem.run_configs`` checks what spans several dataclasses). Errors are ``ConfigError`` with the field and
+the fix; the CLI adds the recipe's file name.
 
 This module imports neither torch nor TRL (``fem --help`` reads it): ``MStepConfig`` (a ``trl.SFTConfig``) and the
 model config (a ``trl.ModelConfig``) live in ``fem.trl_configs``.
@@ -10,13 +11,10 @@ model config (a ``trl.ModelConfig``) live in ``fem.trl_configs``.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from fem.errors import ConfigError
-from fem.validation import check as _check
-from fem.validation import check_choice as _check_choice
+from fem.validation import check, validate_fields
 
 SCHEMES = ("rejection", "star", "pps")
 CUTS = ("uniform", "entropy")
@@ -24,12 +22,21 @@ ANSWER_MODES = ("generate", "forced")
 TIE_POLICIES = ("drop", "third")
 
 
+def positive_count(name: str) -> dict[str, Any]:
+    return {"min": 1, "fix": f"remove {name} or set it to a positive count"}
+
+
 @dataclass
 class TaskConfig:
     """> Parameters that choose the task and its data."""
 
     task: str = field(
-        default="gsm8k", metadata={"help": "Task name (see `fem tasks list`) or dotted path to a Task class."}
+        default="gsm8k",
+        metadata={
+            "help": "Task name (see `fem tasks list`) or dotted path to a Task class.",
+            "nonempty": True,
+            "fix": "name a task, e.g. task: gsm8k (see `fem tasks list`)",
+        },
     )
     train_file: str | None = field(
         default=None,
@@ -45,9 +52,15 @@ class TaskConfig:
     task_labels: dict[str, str] | None = field(
         default=None, metadata={"help": "Map of raw label value -> task label, e.g. {1: A, 2: B}."}
     )
-    train_limit: int | None = field(default=None, metadata={"help": "Use only the first N training examples."})
+    train_limit: int | None = field(
+        default=None, metadata={"help": "Use only the first N training examples.", **positive_count("train_limit")}
+    )
     eval_limit: int | None = field(
-        default=None, metadata={"help": "Use only the first N evaluation examples (`--limit` in `fem eval`)."}
+        default=None,
+        metadata={
+            "help": "Use only the first N evaluation examples (`--limit` in `fem eval`).",
+            **positive_count("eval_limit"),
+        },
     )
     prompt_template: str | None = field(
         default=None,
@@ -60,28 +73,23 @@ class TaskConfig:
     answer_mode: str = field(
         default="generate",
         metadata={
-            "help": "generate: the model writes the answer; forced: append the cue and read option probabilities."
+            "help": "generate: the model writes the answer; forced: append the cue and read option probabilities.",
+            "choices": ANSWER_MODES,
         },
     )
     tie_policy: str = field(
-        default="drop", metadata={"help": "Pairwise data with ties: drop them, or keep them as a third verdict."}
+        default="drop",
+        metadata={
+            "help": "Pairwise data with ties: drop them, or keep them as a third verdict.",
+            "choices": TIE_POLICIES,
+        },
     )
 
     def __post_init__(self) -> None:
-        _check(bool(self.task), "task", "is empty", "name a task, e.g. task: gsm8k (see `fem tasks list`)")
-        _check_choice(self.answer_mode, ANSWER_MODES, "answer_mode")
-        _check_choice(self.tie_policy, TIE_POLICIES, "tie_policy")
-        for name in ("train_limit", "eval_limit"):
-            value = getattr(self, name)
-            _check(
-                value is None or value >= 1,
-                name,
-                f"must be >= 1 (got {value})",
-                f"remove {name} or set it to a positive count",
-            )
+        validate_fields(self)
         for name in ("task_fields", "task_labels"):
             value = getattr(self, name)
-            _check(
+            check(
                 value is None or isinstance(value, dict),
                 name,
                 f"must be a mapping (got {type(value).__name__})",
@@ -95,35 +103,99 @@ class ProposalConfig:
 
     proposal: str = field(
         default="ancestral",
-        metadata={"help": "ancestral | power_mh | best_of_n | a dotted path to your own Proposal class."},
+        metadata={
+            "help": "ancestral | power_mh | best_of_n | a dotted path to your own Proposal class.",
+            "nonempty": True,
+            "fix": "set proposal: ancestral, power_mh, best_of_n or a dotted path",
+        },
     )
     temperature: float = field(
-        default=1.0, metadata={"help": "Sampling temperature (0 = greedy) for ancestral / best_of_n draws."}
+        default=1.0,
+        metadata={
+            "help": "Sampling temperature (0 = greedy) for ancestral / best_of_n draws.",
+            "min": 0,
+            "fix": "use 0 for greedy or a positive temperature",
+        },
     )
-    top_k: int = field(default=0, metadata={"help": "Top-k truncation (0 = off)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus truncation (1 = off)."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Response length cap (the horizon T of power_mh)."})
+    top_k: int = field(
+        default=0, metadata={"help": "Top-k truncation (0 = off).", "min": 0, "fix": "use 0 to disable top-k"}
+    )
+    top_p: float = field(
+        default=1.0,
+        metadata={
+            "help": "Nucleus truncation (1 = off).",
+            "gt": 0,
+            "max": 1,
+            "fix": "use 1.0 to disable nucleus sampling",
+        },
+    )
+    max_new_tokens: int = field(
+        default=256,
+        metadata={
+            "help": "Response length cap (the horizon T of power_mh).",
+            "min": 1,
+            "fix": "set a positive response length cap",
+        },
+    )
     generation_batch_size: int = field(
-        default=16, metadata={"help": "Sequences (or MH chains) decoded together in one batch."}
+        default=16,
+        metadata={
+            "help": "Sequences (or MH chains) decoded together in one batch.",
+            "min": 1,
+            "fix": "set a positive batch size",
+        },
     )
-    power_alpha: float = field(default=4.0, metadata={"help": "Power-sampling exponent alpha (target p^alpha)."})
+    power_alpha: float = field(
+        default=4.0,
+        metadata={
+            "help": "Power-sampling exponent alpha (target p^alpha).",
+            "gt": 0,
+            "fix": "use alpha > 1 to sharpen (the papers use 4)",
+        },
+    )
     power_block_size: int | None = field(
-        default=None, metadata={"help": "Stage block size B (default max_new_tokens // 16)."}
+        default=None,
+        metadata={
+            "help": "Stage block size B (default max_new_tokens // 16).",
+            "min": 1,
+            "fix": "set a positive block size or remove it",
+        },
     )
-    power_mh_steps: int = field(default=10, metadata={"help": "MH steps N per stage."})
+    power_mh_steps: int = field(
+        default=10,
+        metadata={"help": "MH steps N per stage.", "min": 0, "fix": "set the MH steps per stage (the papers use 10)"},
+    )
     power_cut: str = field(
         default="entropy",
-        metadata={"help": "Cut law: uniform (Karan & Du) or entropy (cut at next-token entropy jumps)."},
+        metadata={
+            "help": "Cut law: uniform (Karan & Du) or entropy (cut at next-token entropy jumps).",
+            "choices": CUTS,
+        },
     )
     power_beta: float = field(
-        default=4.0, metadata={"help": "Entropy-cut exponent beta: weights max(H_j - H_{j-1}, 0)^beta."}
+        default=4.0,
+        metadata={
+            "help": "Entropy-cut exponent beta: weights max(H_j - H_{j-1}, 0)^beta.",
+            "min": 0,
+            "fix": "use beta >= 0 (the paper uses 4)",
+        },
     )
     power_epsilon: float = field(
         default=0.1,
-        metadata={"help": "Mixture weight of the uniform cut in the entropy cut law (keeps the chain irreducible)."},
+        metadata={
+            "help": "Mixture weight of the uniform cut in the entropy cut law (keeps the chain irreducible).",
+            "min": 0,
+            "max": 1,
+            "fix": "use a small mixture weight such as 0.1",
+        },
     )
     power_proposal_temperature: float | None = field(
-        default=None, metadata={"help": "Suffix proposal temperature (default 1/alpha)."}
+        default=None,
+        metadata={
+            "help": "Suffix proposal temperature (default 1/alpha).",
+            "gt": 0,
+            "fix": "remove it to use 1/alpha",
+        },
     )
     power_early_rejection: bool = field(
         default=True,
@@ -144,91 +216,21 @@ class ProposalConfig:
         },
     )
     best_of_n: int = field(
-        default=4, metadata={"help": "Draws per returned sample for best_of_n (highest mean base log p wins)."}
+        default=4,
+        metadata={
+            "help": "Draws per returned sample for best_of_n (highest mean base log p wins).",
+            "min": 1,
+            "fix": "set the number of draws per returned sample",
+        },
     )
 
     def __post_init__(self) -> None:
-        _check(
-            bool(self.proposal),
-            "proposal",
-            "is empty",
-            "set proposal: ancestral, power_mh, best_of_n or a dotted path",
-        )
-        _check(
-            self.temperature >= 0,
-            "temperature",
-            f"must be >= 0 (got {self.temperature})",
-            "use 0 for greedy or a positive temperature",
-        )
-        _check(self.top_k >= 0, "top_k", f"must be >= 0 (got {self.top_k})", "use 0 to disable top-k")
-        _check(
-            0 < self.top_p <= 1,
-            "top_p",
-            f"must be in (0, 1] (got {self.top_p})",
-            "use 1.0 to disable nucleus sampling",
-        )
-        _check(
-            self.max_new_tokens >= 1,
-            "max_new_tokens",
-            f"must be >= 1 (got {self.max_new_tokens})",
-            "set a positive response length cap",
-        )
-        _check(
-            self.generation_batch_size >= 1,
-            "generation_batch_size",
-            f"must be >= 1 (got {self.generation_batch_size})",
-            "set a positive batch size",
-        )
-        _check(
-            self.power_alpha > 0,
-            "power_alpha",
-            f"must be > 0 (got {self.power_alpha})",
-            "use alpha > 1 to sharpen (the papers use 4)",
-        )
-        if self.power_block_size is not None:
-            _check(
-                self.power_block_size >= 1,
-                "power_block_size",
-                f"must be >= 1 (got {self.power_block_size})",
-                "set a positive block size or remove it",
-            )
-            _check(
-                self.power_block_size <= self.max_new_tokens,
-                "power_block_size",
-                f"block size {self.power_block_size} exceeds the horizon max_new_tokens={self.max_new_tokens}",
-                "set power_block_size <= max_new_tokens (default max_new_tokens // 16)",
-            )
-        _check(
-            self.power_mh_steps >= 0,
-            "power_mh_steps",
-            f"must be >= 0 (got {self.power_mh_steps})",
-            "set the MH steps per stage (the papers use 10)",
-        )
-        _check_choice(self.power_cut, CUTS, "power_cut")
-        _check(
-            self.power_beta >= 0,
-            "power_beta",
-            f"must be >= 0 (got {self.power_beta})",
-            "use beta >= 0 (the paper uses 4)",
-        )
-        _check(
-            0 <= self.power_epsilon <= 1,
-            "power_epsilon",
-            f"must be in [0, 1] (got {self.power_epsilon})",
-            "use a small mixture weight such as 0.1",
-        )
-        if self.power_proposal_temperature is not None:
-            _check(
-                self.power_proposal_temperature > 0,
-                "power_proposal_temperature",
-                f"must be > 0 (got {self.power_proposal_temperature})",
-                "remove it to use 1/alpha",
-            )
-        _check(
-            self.best_of_n >= 1,
-            "best_of_n",
-            f"must be >= 1 (got {self.best_of_n})",
-            "set the number of draws per returned sample",
+        validate_fields(self)
+        check(
+            self.power_block_size is None or self.power_block_size <= self.max_new_tokens,
+            "power_block_size",
+            f"block size {self.power_block_size} exceeds the horizon max_new_tokens={self.max_new_tokens}",
+            "set power_block_size <= max_new_tokens (default max_new_tokens // 16)",
         )
 
     @property
@@ -246,15 +248,36 @@ class EStepConfig:
 
     scheme: str = field(
         default="pps",
-        metadata={"help": "rejection | star | pps (prompt posterior sampling: every draw sees the correct answer)."},
+        metadata={
+            "help": "rejection | star | pps (prompt posterior sampling: every draw sees the correct answer).",
+            "choices": SCHEMES,
+        },
     )
     estep_samples: int = field(
-        default=4, metadata={"help": "Draws per example (budget M). For star: plain draws before rationalization."}
+        default=4,
+        metadata={
+            "help": "Draws per example (budget M). For star: plain draws before rationalization.",
+            "min": 1,
+            "fix": "set the draw budget M per example to at least 1",
+        },
     )
     estep_max_keep: int = field(
-        default=1, metadata={"help": "Kept samples per example at most (k); 1 = keep the first correct."}
+        default=1,
+        metadata={
+            "help": "Kept samples per example at most (k); 1 = keep the first correct.",
+            "min": 1,
+            "fix": "keep at least one sample per example",
+        },
     )
-    reward_threshold: float = field(default=1.0, metadata={"help": "Keep samples whose reward is >= this value."})
+    reward_threshold: float = field(
+        default=1.0,
+        metadata={
+            "help": "Keep samples whose reward is >= this value.",
+            "min": 0,
+            "max": 1,
+            "fix": "rewards lie in [0, 1]; use 1.0 for exact correctness",
+        },
+    )
     reward_weighting: bool = field(
         default=False, metadata={"help": "Weight each kept sample's loss by its reward (graded rewards)."}
     )
@@ -269,25 +292,7 @@ class EStepConfig:
     )
 
     def __post_init__(self) -> None:
-        _check_choice(self.scheme, SCHEMES, "scheme")
-        _check(
-            self.estep_samples >= 1,
-            "estep_samples",
-            f"must be >= 1 (got {self.estep_samples})",
-            "set the draw budget M per example to at least 1",
-        )
-        _check(
-            self.estep_max_keep >= 1,
-            "estep_max_keep",
-            f"must be >= 1 (got {self.estep_max_keep})",
-            "keep at least one sample per example",
-        )
-        _check(
-            0 <= self.reward_threshold <= 1,
-            "reward_threshold",
-            f"must be in [0, 1] (got {self.reward_threshold})",
-            "rewards lie in [0, 1]; use 1.0 for exact correctness",
-        )
+        validate_fields(self)
 
 
 @dataclass
@@ -297,18 +302,34 @@ class EvalConfig:
     eval_proposal: str | None = field(
         default=None, metadata={"help": "Proposal used for evaluation (default: ancestral at eval_temperature)."}
     )
-    eval_temperature: float = field(default=0.0, metadata={"help": "Temperature of evaluation draws (0 = greedy)."})
+    eval_temperature: float = field(
+        default=0.0,
+        metadata={"help": "Temperature of evaluation draws (0 = greedy).", "min": 0, "fix": "use 0 for greedy"},
+    )
     eval_max_new_tokens: int | None = field(
-        default=None, metadata={"help": "Response length cap of evaluation draws (default: max_new_tokens)."}
+        default=None,
+        metadata={
+            "help": "Response length cap of evaluation draws (default: max_new_tokens).",
+            "min": 1,
+            "fix": "leave it unset to use max_new_tokens",
+        },
     )
     eval_answer_mode: str | None = field(
         default=None,
         metadata={
             "help": "Answer mode of evaluation (default: answer_mode). E.g. a forced E-step with generate evaluation: "
-            "the E-step reads verdicts through the cue, evaluation scores what the model writes by itself."
+            "the E-step reads verdicts through the cue, evaluation scores what the model writes by itself.",
+            "choices": ANSWER_MODES,
         },
     )
-    num_samples: int = field(default=1, metadata={"help": "Samples per eval prompt (pass@k / maj@k use them)."})
+    num_samples: int = field(
+        default=1,
+        metadata={
+            "help": "Samples per eval prompt (pass@k / maj@k use them).",
+            "min": 1,
+            "fix": "set at least one sample per prompt",
+        },
+    )
     eval_before_training: bool = field(default=True, metadata={"help": "Evaluate the base model before round 0."})
     eval_every_round: bool = field(default=True, metadata={"help": "Evaluate after every round's M-step."})
     proposals: str | None = field(
@@ -327,28 +348,9 @@ class EvalConfig:
     )
 
     def __post_init__(self) -> None:
-        _check(
-            self.eval_temperature >= 0,
-            "eval_temperature",
-            f"must be >= 0 (got {self.eval_temperature})",
-            "use 0 for greedy",
-        )
-        _check(
-            self.eval_max_new_tokens is None or self.eval_max_new_tokens >= 1,
-            "eval_max_new_tokens",
-            f"must be >= 1 (got {self.eval_max_new_tokens})",
-            "leave it unset to use max_new_tokens",
-        )
-        if self.eval_answer_mode is not None:
-            _check_choice(self.eval_answer_mode, ANSWER_MODES, "eval_answer_mode")
-        _check(
-            self.num_samples >= 1,
-            "num_samples",
-            f"must be >= 1 (got {self.num_samples})",
-            "set at least one sample per prompt",
-        )
+        validate_fields(self)
         labels = self.proposal_list
-        _check(len(set(labels)) == len(labels), "proposals", "names a proposal twice", "list each proposal once")
+        check(len(set(labels)) == len(labels), "proposals", "names a proposal twice", "list each proposal once")
 
     @property
     def proposal_list(self) -> list[str]:
@@ -359,7 +361,10 @@ class EvalConfig:
 class EMConfig:
     """> Parameters of the EM loop."""
 
-    rounds: int = field(default=2, metadata={"help": "EM rounds (E-step, M-step, eval)."})
+    rounds: int = field(
+        default=2,
+        metadata={"help": "EM rounds (E-step, M-step, eval).", "min": 1, "fix": "run at least one EM round"},
+    )
     restart_from_base: bool = field(
         default=True,
         metadata={
@@ -385,80 +390,7 @@ class EMConfig:
     )
 
     def __post_init__(self) -> None:
-        _check(self.rounds >= 1, "rounds", f"must be >= 1 (got {self.rounds})", "run at least one EM round")
+        validate_fields(self)
 
 
 FEM_DATACLASSES = (TaskConfig, ProposalConfig, EStepConfig, EvalConfig, EMConfig)
-
-
-@dataclass
-class Configs:
-    """All parsed configs of one command."""
-
-    task: TaskConfig
-    proposal: ProposalConfig
-    estep: EStepConfig
-    eval: EvalConfig
-    em: EMConfig
-    mstep: Any  # MStepConfig
-    model: Any  # FemModelConfig
-    recipe: str | None = None
-
-    def flat(self) -> dict[str, Any]:
-        """Every field of our own dataclasses plus the model fields (for config.yaml and run fingerprints)."""
-        out: dict[str, Any] = {}
-        for part in (self.task, self.proposal, self.estep, self.eval, self.em, self.model):
-            out.update(asdict(part))
-        return out
-
-    def eval_variant(self, label: str, field_name: str = "eval_proposal") -> ProposalConfig:
-        """The proposal config an evaluation label means: the run's proposal settings at ``eval_temperature`` and
-        ``eval_max_new_tokens``; ``power_mh:uniform`` / ``power_mh:entropy`` pick the cut of power_mh (its suffix
-        proposal runs at ``1/alpha`` whatever the temperature)."""
-        name, _, cut = label.partition(":")
-        config = dataclasses.replace(self.proposal, proposal=name, temperature=self.eval.eval_temperature)
-        if self.eval.eval_max_new_tokens is not None:
-            config = dataclasses.replace(config, max_new_tokens=self.eval.eval_max_new_tokens)
-        if cut:
-            if name != "power_mh" or cut not in CUTS:
-                raise ConfigError(
-                    f"'{label}' is not a proposal variant",
-                    field=field_name,
-                    fix="use e.g. ancestral,power_mh:uniform,power_mh:entropy",
-                )
-            config = dataclasses.replace(config, power_cut=cut)
-        return config
-
-    def eval_variants(self) -> list[tuple[str, ProposalConfig]]:
-        """``(label, ProposalConfig)`` per proposal ``fem eval`` compares: ``proposals``, or else the evaluation
-        proposal of the EM loop (``eval_proposal``, default ancestral), so that ``fem eval --adapter RUN_DIR``
-        reproduces the last round's eval."""
-        labels = self.eval.proposal_list or [self.eval.eval_proposal or "ancestral"]
-        field_name = "proposals" if self.eval.proposal_list else "eval_proposal"
-        return [(label, self.eval_variant(label, field_name)) for label in labels]
-
-
-def validate_configs(c: Configs) -> None:
-    """Checks that span several dataclasses (single-field checks live in ``__post_init__``)."""
-    if c.estep.estep_max_keep > c.estep.estep_samples:
-        raise ConfigError(
-            f"estep_max_keep={c.estep.estep_max_keep} exceeds the draw budget estep_samples={c.estep.estep_samples}",
-            field="estep_max_keep",
-            fix="set estep_max_keep <= estep_samples",
-        )
-    if c.proposal.power_reference_compat and c.proposal.proposal != "power_mh":
-        raise ConfigError(
-            "power_reference_compat only applies to proposal power_mh",
-            field="power_reference_compat",
-            fix="remove it or set proposal: power_mh",
-        )
-    m = c.mstep
-    for name, ok, rule in (
-        ("per_device_train_batch_size", getattr(m, "per_device_train_batch_size", 1) >= 1, ">= 1"),
-        ("gradient_accumulation_steps", getattr(m, "gradient_accumulation_steps", 1) >= 1, ">= 1"),
-        ("learning_rate", getattr(m, "learning_rate", 1.0) > 0, "> 0"),
-        ("num_train_epochs", getattr(m, "num_train_epochs", 1.0) > 0, "> 0"),
-        ("max_length", (getattr(m, "max_length", None) or 1) >= 1, ">= 1"),
-    ):
-        if not ok:
-            raise ConfigError(f"must be {rule} (got {getattr(m, name)})", field=name, fix=f"set {name} {rule}")

@@ -17,12 +17,12 @@ import yaml
 from tqdm.auto import tqdm
 from trl import get_peft_config
 
-from fem.configs import Configs
 from fem.estep.runner import kept_samples, run_estep
 from fem.estep.schemes import build_scheme
 from fem.eval.evaluate import EvalProgress, eval_examples, evaluate
 from fem.mstep.sft import check_eos, train_adapter
 from fem.report import build_report
+from fem.run_configs import Configs
 from fem.runtime import Runtime, build_runtime
 from fem.state import RunState, run_config
 from fem.utils.distributed import World, current_world

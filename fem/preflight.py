@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fem.configs import Configs
 from fem.errors import ConfigError
 from fem.generation import check_backend_name
 from fem.models import resolve_model_source
 from fem.proposals import check_proposal_name
+from fem.run_configs import Configs
 from fem.state import check_output_dir, run_config
 from fem.tasks import build_task, check_task_name, validate_task_data
 from fem.utils.io import read_json

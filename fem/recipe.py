@@ -7,6 +7,7 @@ carries Python object tags.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -16,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import HfArgumentParser
 from trl import TrlParser
 
-from fem.configs import FEM_DATACLASSES, Configs, validate_configs
+from fem.configs import FEM_DATACLASSES
 from fem.errors import ConfigError
+from fem.run_configs import Configs, validate_configs
 from fem.trl_configs import FemModelConfig, MStepConfig
+from fem.validation import RULE_KEYS, argparse_metadata, fem_field_names
 
 # Command-line shorthands documented in `fem eval --help`.
 ALIASES = {"--limit": "--eval_limit"}
@@ -33,9 +37,24 @@ def all_dataclasses() -> tuple[type, ...]:
     return FEM_DATACLASSES + (MStepConfig, FemModelConfig)
 
 
-def recipe_parser() -> TrlParser:
+class RecipeParser(TrlParser):
+    """``TrlParser`` over fem's dataclasses. argparse takes a field's metadata as ``add_argument`` keywords, so the
+    fields fem declares reach it without their validation rules (``fem.validation``; the dataclasses check them)."""
+
+    def __init__(self) -> None:
+        self.fem_fields = frozenset().union(*(fem_field_names(cls) for cls in all_dataclasses()))
+        super().__init__(all_dataclasses())
+
+    def _parse_dataclass_field(self, parser, field: dataclasses.Field) -> None:  # type: ignore[override]
+        if field.name in self.fem_fields and RULE_KEYS & field.metadata.keys():
+            field = copy.copy(field)
+            field.metadata = types.MappingProxyType(argparse_metadata(field.metadata))
+        HfArgumentParser._parse_dataclass_field(parser, field)
+
+
+def recipe_parser() -> RecipeParser:
     """The parser of every recipe key (``fem COMMAND --help-all`` prints its help)."""
-    return TrlParser(all_dataclasses())
+    return RecipeParser()
 
 
 def all_fields() -> dict[str, dataclasses.Field]:

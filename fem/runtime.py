@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fem.configs import Configs, ProposalConfig
+from fem.configs import ProposalConfig
 from fem.drawing import PLAIN, ProposalDrawer, render_prompt
 from fem.generation import build_backend
 from fem.generation.base import GenerationBackend, SupportsPromptReuse
@@ -16,6 +16,7 @@ from fem.models import load_model_and_tokenizer
 from fem.proposals import build_proposal
 from fem.proposals.base import Proposal
 from fem.readout import score_completions
+from fem.run_configs import Configs
 from fem.tasks import build_task
 from fem.tasks.answering import training_completion
 from fem.tasks.base import Example, Messages, Prediction, Task

@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fem.configs import Configs
 from fem.errors import ConfigError
+from fem.run_configs import Configs
 from fem.utils.io import atomic_write_json, is_temp_file, read_json, remove_stale_temp_files
 
 STATE_FILE = "state.json"

@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fem.configs import Configs
 from fem.errors import ConfigError
 from fem.eval.evaluate import EvalProgress, eval_examples, evaluate
 from fem.preflight import Preflight, preflight, print_plan
 from fem.proposals import build_proposal
 from fem.recipe import parse_configs
 from fem.report.render import comparison_table
+from fem.run_configs import Configs
 from fem.runtime import Runtime, build_runtime
 from fem.utils.distributed import current_world, is_main_process
 from fem.utils.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl

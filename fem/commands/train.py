@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fem.configs import Configs
 from fem.loop import EMRunner
 from fem.preflight import Preflight, preflight, print_plan
 from fem.recipe import parse_configs
+from fem.run_configs import Configs
 from fem.utils.distributed import is_main_process
 from fem.utils.io import read_jsonl
 

@@ -121,8 +121,10 @@ def train_adapter(
 ) -> dict[str, Any]:
     """Fine-tune a LoRA adapter on ``rows`` (prompt messages, completion, weight) and save it to ``adapter_dir``.
 
-    The base model is copied, so the generation backend's model is never touched. ``args`` is the run's one
-    ``MStepConfig`` (never replaced: a second TrainingArguments would reset accelerate's distributed state).
+    The base model is copied, so the generation backend's model is never touched. ``args`` is the run's
+    ``MStepConfig``: this round trains with a shallow copy of it whose output dir, seeds and column handling are the
+    round's, so the run's config stays what the recipe said. (A copy, not a new ``TrainingArguments``: building one
+    would run its ``__post_init__`` again and reset accelerate's distributed state.)
     Returns ``mstep/*`` metrics and the loss curve."""
     from datasets import disable_progress_bars
     from peft import PeftModel
@@ -138,6 +140,7 @@ def train_adapter(
         model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
         peft_config = None
     dataset = build_dataset(rows, tokenizer, weighted)
+    args = copy.copy(args)
     args.output_dir = str(adapter_dir.parent / "trainer")
     args.seed = seed
     args.data_seed = seed

@@ -129,7 +129,8 @@ def test_summarize_human_target_metrics():
 
 
 def _runtime(fake, **eval_kwargs):
-    from fem.configs import Configs, EMConfig, EStepConfig, EvalConfig, ProposalConfig
+    from fem.configs import EMConfig, EStepConfig, EvalConfig, ProposalConfig
+    from fem.run_configs import Configs
     from fem.runtime import Runtime
 
     task_config = TaskConfig(task="judge", answer_mode="forced")
