@@ -142,3 +142,23 @@ def test_checker_sees_cycles_and_upward_imports():
     assert found == {"fem.loop", "fem.tasks.base", "fem.metrics"}
     assert LAYER_OF[group_of("fem.loop")] > LAYER_OF[group_of("fem.tasks.planted")]
 
+
+def deferred_imports(source: str) -> list[int]:
+    """Line numbers of import statements inside a function or class body."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            lines += [sub.lineno for sub in ast.walk(node) if isinstance(sub, (ast.Import, ast.ImportFrom))]
+    return sorted(set(lines))
+
+
+def test_only_the_cli_imports_lazily():
+    """Library modules import at the top; ``fem.cli`` alone defers (so ``fem --help`` loads no torch)."""
+    assert deferred_imports("def f():\n    import os\n") == [2]
+    wrong = {
+        name: lines
+        for name, path in modules().items()
+        if name != "fem.cli" and (lines := deferred_imports(path.read_text(encoding="utf-8")))
+    }
+    assert not wrong, wrong
+    assert deferred_imports((PACKAGE / "cli.py").read_text(encoding="utf-8"))  # the CLI does defer

@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2.meta
+from jinja2 import StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
+
 from fem.errors import ConfigError
 
 from .base import Messages
@@ -28,9 +32,6 @@ class Template:
 
     def placeholders(self) -> set[str]:
         if self.kind == "jinja":
-            import jinja2.meta
-            from jinja2.sandbox import SandboxedEnvironment
-
             return set(jinja2.meta.find_undeclared_variables(SandboxedEnvironment().parse(self.text)))
         return {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(self.text) if name}
 
@@ -48,10 +49,7 @@ class Template:
 
 
 @functools.cache
-def _jinja_env():
-    from jinja2 import StrictUndefined
-    from jinja2.sandbox import SandboxedEnvironment
-
+def _jinja_env() -> SandboxedEnvironment:
     return SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False)
 
 
