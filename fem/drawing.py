@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from transformers import PreTrainedTokenizerBase
@@ -121,7 +121,6 @@ class ProposalDrawer:
     render: Callable[[Example, str], list[int]]  # (example, origin) -> prompt token ids
     score: Callable[[Sequence[Example], Sequence[list[int]], Sequence[str], int], list[Prediction]]  # (..., seed)
     train_completion: Callable[[str, Example, float | None], str]  # (rationale, example, stated confidence)
-    extra: dict[str, Any] = field(default_factory=dict)
     # around each draw-and-score: e.g. the backend keeping the prompts' KV for the forced-answer read-out
     session: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
 

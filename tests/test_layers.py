@@ -162,3 +162,10 @@ def test_only_the_cli_imports_lazily():
     }
     assert not wrong, wrong
     assert deferred_imports((PACKAGE / "cli.py").read_text(encoding="utf-8"))  # the CLI does defer
+
+
+def test_proposals_know_only_the_backend_contract():
+    """Proposals drive any backend through fem.generation.base / sampling, never the concrete hf backend."""
+    graph = import_graph()
+    wrong = [(m, t) for m in graph if group_of(m) == "fem.proposals" for t in graph[m] if t == "fem.generation.hf"]
+    assert not wrong, wrong
