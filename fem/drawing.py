@@ -1,7 +1,8 @@
 """Drawing: a task's prompt -> token ids -> proposal traces -> scored ``Sample``s, for the E-step, eval and sample.
 
 ``ProposalDrawer`` is the one drawer every scheme and the evaluation use; ``PLAIN``/``HINTED`` name which prompt a
-rationale was drawn from. Scoring in forced answer mode asks the backend through ``fem.readout``.
+rationale was drawn from. The drawer is handed its scoring (``fem.runtime`` wires it: a written answer is parsed
+by the task, a forced one is read through the task's cue with the backend, ``fem.readout``).
 """
 
 from __future__ import annotations
