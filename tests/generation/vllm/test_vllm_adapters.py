@@ -96,16 +96,16 @@ def test_an_mstep_next_to_the_engine_trains_the_adapter_the_next_round_decodes_w
     from training LoRA on the HF model, and the engine then serves exactly the trained adapter."""
     from peft import LoraConfig
 
-    from fem.configs import mstep_config_class
     from fem.models import load_model
     from fem.mstep.sft import train_adapter
+    from fem.trl_configs import MStepConfig
 
     rows = [
         {"prompt": [{"role": "user", "content": f"what is {a} + {b}?"}], "completion": f"The answer is {a + b}"}
         for a in range(4)
         for b in range(3)
     ]
-    args = mstep_config_class()(
+    args = MStepConfig(
         output_dir=str(tmp_path / "run"),
         num_train_epochs=2,
         per_device_train_batch_size=4,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from fem.estep.base import PLAIN
+from fem.drawing import PLAIN
+from fem.readout import score_completions
 from fem.recipe import parse_configs
-from fem.tasks.answering import score_completions
 
 pytestmark = pytest.mark.vllm
 
@@ -42,7 +42,9 @@ def test_build_backend_passes_the_recipe_engine_keys(tmp_path, monkeypatch, vllm
         "--vllm_dtype",
         "float32",
     )
-    backend = build_backend("vllm", hf_ref.model, hf_ref.tokenizer, configs)
+    backend = build_backend(
+        "vllm", hf_ref.model, hf_ref.tokenizer, configs=configs, model_dir=lambda: str(vllm_model_dir)
+    )
     assert isinstance(backend, vllm_module.VLLMBackend)
     options = seen["options"]
     assert seen["model_dir"] == str(vllm_model_dir) and seen["dtype"] == "float32"

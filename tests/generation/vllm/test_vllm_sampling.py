@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fem.generation.base import SamplingParams
-from fem.generation.hf import truncated_logits
+from fem.generation.sampling import truncated_logits
 
 pytestmark = pytest.mark.vllm
 

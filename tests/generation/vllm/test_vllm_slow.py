@@ -51,7 +51,7 @@ def test_smollm2_from_its_gguf(tmp_path, monkeypatch):
     )  # the session has the in-process one
     backend = VLLMBackend(model, tokenizer, model_dir=folder, options=options)
     try:
-        from fem.tasks.prompting import render_prompt
+        from fem.drawing import render_prompt
 
         prompts = [render_prompt(tokenizer, [{"role": "user", "content": "What is 12 times 7? Think step by step."}])]
         _check_against_hf(backend, hf, prompts, SamplingParams(temperature=0.25))
@@ -96,12 +96,12 @@ def test_em_loop_on_vllm_evaluates_each_round_with_its_adapter(tmp_path, vllm_mo
     from helpers import FAST_OVERRIDES, SMOKE_RECIPE, run_fem
 
     pytest.importorskip("vllm")
+    from fem.drawing import render_prompt
     from fem.generation.hf import HFBackend
     from fem.models import load_model_and_tokenizer
+    from fem.readout import score_completions
     from fem.recipe import parse_configs
     from fem.tasks import build_task
-    from fem.tasks.answering import score_completions
-    from fem.tasks.prompting import render_prompt
 
     out = tmp_path / "run"
     args = ["--config", SMOKE_RECIPE, "--output_dir", str(out), "--model_name_or_path", str(vllm_model_dir)]
