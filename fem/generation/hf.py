@@ -194,6 +194,8 @@ class HFBackend:
         result = self.generate_cached(
             prefixes, params, max_new_tokens, generator=generator, stop_callback=stop_callback
         )
+        for cont, encoded in zip(result.continuations, result.encoded):
+            cont.tokens_encoded = encoded
         return result.continuations, result.stats
 
     @torch.inference_mode()

@@ -29,6 +29,20 @@ only the tail is encoded, and the ``[vocab]`` row is one tensor copy (no per-ent
 ``logprobs=-1``). The protocol method is therefore kept as is: an option-token read-out (``allowed_token_ids`` or
 ``logprob_token_ids``) would save nothing measurable here and would mask the logits the contract reads.
 
+**power_mh.** The proposal drives this backend through ``generate`` with a ``stop_callback`` (it is not a
+``SupportsCachedGeneration`` backend): the proposals of one MH step are requests of one batch (chains in lockstep), each
+from prompt + kept prefix, whose full KV blocks come from vLLM's prefix cache (32-token blocks on CPU when a power_mh
+proposal runs: ``from_configs``). ``Continuation.tokens_encoded`` is what vLLM computed (prefix length minus
+``num_cached_tokens``), so a chain's re-encoded tokens count real work. **Exact early rejection** stays in fem's
+process: the in-process engine steps only when the backend asks, so after each step the callback sees each row's new
+token with complete statistics (one ``collective_rpc``, a direct call in-process) and a row whose partial ratio fell to
+``log u`` is aborted before the next step: the same decisions as without early rejection (tested: the same traces)
+and no token decoded past the one that decided. Sending ``u`` and ``alpha`` to the tracker (``extra_args``) and forcing
+EOS there would save no forward pass (the deciding token is decoded either way) and would copy the ratio's cut-law term
+(the entropy cut's ``log c(j|y)`` depends on the proposal's entropies) into vLLM's worker; with the engine in its own
+process the abort may lag a few steps, which costs tokens but changes no decision (rows are truncated at the deciding
+token).
+
 **Seeding.** With a ``generator`` each row gets its own vLLM ``seed`` drawn from it, so a row's draws do not depend on
 the batch; the engine schedules whole prompts (see ``vllm_engine``), which keeps seeded requests working for prompts
 of any length.
@@ -155,7 +169,9 @@ class VLLMBackend:
     def _sampling_params(self, **kwargs: Any) -> VLLMSamplingParams:
         kwargs.setdefault("output_kind", RequestOutputKind.DELTA)
         kwargs.setdefault("stop_token_ids", sorted(self.eos_token_ids))
-        return VLLMSamplingParams(detokenize=False, skip_special_tokens=False, **kwargs)
+        # ignore_eos: vLLM would also stop on the EOS of the model's generation config (even with
+        # generation_config="vllm"); a request stops on the backend's eos_token_ids only, as in the hf backend
+        return VLLMSamplingParams(detokenize=False, skip_special_tokens=False, ignore_eos=True, **kwargs)
 
     def _wait(self, pending: set[str]) -> list[Any]:
         """Step the engine until the requests in ``pending`` finished; their final outputs."""
@@ -240,6 +256,9 @@ class VLLMBackend:
             self._cleanup(list(run.row_of), list(run.row_of) if run.track else [])
             raise
         run.finish()
+        for i, cont in enumerate(run.conts):
+            if caps[i] <= 0:
+                cont.tokens_encoded = 0  # no request was sent for this row
         return run.conts, run.stats
 
     # ------------------------------------------------------------------ scoring and read-out

@@ -35,8 +35,9 @@ class DecodeRun:
                 cont = self.conts[self.row_of[out.request_id]]
                 completion = out.outputs[0]
                 tokens = list(completion.token_ids)
-                if not cont.token_ids and out.num_cached_tokens is not None:
-                    self.stats.tokens_encoded += len(out.prompt_token_ids or []) - int(out.num_cached_tokens)
+                if cont.tokens_encoded is None and out.num_cached_tokens is not None:
+                    cont.tokens_encoded = len(out.prompt_token_ids or []) - int(out.num_cached_tokens)
+                    self.stats.tokens_encoded += cont.tokens_encoded
                 logq = [0.0] * len(tokens)
                 if "logq" in self.want and not self.greedy:
                     logq = [entry[t].logprob for entry, t in zip(completion.logprobs or [], tokens)]

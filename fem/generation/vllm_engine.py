@@ -15,8 +15,9 @@ Engine settings fem fixes, whatever the recipe says (each one is part of the sta
 - ``enable_chunked_prefill=False`` (``max_num_batched_tokens >= max_model_len``): a per-request ``seed`` crashes the
   CPU engine when a prompt is split across steps ("CPU Generator does not use offset", vLLM rewinds the generator of a
   discarded partial-prefill sample); whole-prompt scheduling keeps seeded sampling reproducible for any prompt length;
-- ``skip_tokenizer_init=True`` and ``generation_config="vllm"``: vLLM sees token ids only and stops only on the EOS
-  ids fem passes, so stopping is the same as in the ``hf`` backend.
+- ``skip_tokenizer_init=True`` and ``generation_config="vllm"``: vLLM sees token ids only and takes no sampling
+  defaults from the model's generation config (each request also sets ``ignore_eos``, see ``VLLMBackend``: a request
+  stops on the backend's EOS ids only, as in the ``hf`` backend).
 
 **Under a launcher** (``accelerate launch``, torchrun): when this process already belongs to a ``torch.distributed``
 group of several processes, each rank builds its own engine with ``distributed_executor_backend="external_launcher"``

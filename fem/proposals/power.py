@@ -18,7 +18,9 @@ proposal's length, no length term for the uniform cut (entropy cut keeps its cut
 
 Chains (prompts x samples) advance in lockstep, ``generation_batch_size`` at a time; backends that support cached
 generation (``SupportsCachedGeneration``, e.g. ``HFBackend``) keep each chain's KV cache and re-encode one token per
-proposal.
+proposal. Other backends decode each proposal from prompt + kept prefix with ``generate``; a chain's
+``tokens_reencoded`` counts what the backend says it encoded (``Continuation.tokens_encoded``: vLLM reports the part
+its prefix cache did not hold), else the whole prefix.
 """
 
 from __future__ import annotations
@@ -181,7 +183,8 @@ class PowerMHProposal:
             conts, stats = self.backend.generate(
                 prefixes, self.params, caps, generator=generator, stop_callback=callback
             )
-            caches, encoded = [None] * len(chains), [len(p) for p in prefixes]
+            caches = [None] * len(chains)
+            encoded = [len(p) if c.tokens_encoded is None else c.tokens_encoded for c, p in zip(conts, prefixes)]
         for s in ("tokens_decoded", "tokens_encoded", "forward_passes"):
             setattr(self.last_stats, s, getattr(self.last_stats, s) + getattr(stats, s))
         for chain, cont, enc in zip(chains, conts, encoded):

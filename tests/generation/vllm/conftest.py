@@ -37,9 +37,10 @@ def vllm_backend(vllm_model_dir, hf_ref):
     from fem.generation.vllm import VLLMBackend
     from fem.generation.vllm_engine import EngineOptions
 
-    # a KV cache of 9 blocks (1,152 tokens): big batches queue and get preempted, so every test also checks that the
-    # statistics survive vLLM's scheduling under memory pressure
-    options = EngineOptions(max_model_len=512, kv_cache_gib=0.0012, max_lora_rank=8, max_num_seqs=256)
+    # a KV cache of 39 blocks of 32 tokens (1,248 tokens): big batches queue and get preempted, so every test also
+    # checks that the statistics survive vLLM's scheduling under memory pressure; 32-token blocks (the CPU minimum, as
+    # for power_mh recipes) let short prefixes hit the prefix cache
+    options = EngineOptions(max_model_len=512, kv_cache_gib=0.0012, max_lora_rank=8, max_num_seqs=256, block_size=32)
     backend = VLLMBackend(hf_ref.model, hf_ref.tokenizer, model_dir=str(vllm_model_dir), options=options)
     yield backend
     backend.close()

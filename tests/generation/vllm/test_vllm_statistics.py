@@ -5,6 +5,8 @@ preemption (the session engine's KV cache is small on purpose); a second in-proc
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -111,6 +113,19 @@ def test_per_row_caps_and_eos(vllm_backend, prompts):
         vllm_backend.generate([prompts[0]], SamplingParams(), vllm_backend.max_model_len)
 
 
+def test_requests_stop_on_the_backends_eos_ids_only(vllm_backend, prompts):
+    """vLLM would also stop at the EOS of the model's generation config: a backend whose EOS set leaves it out decodes
+    past it (and ``score`` teacher-forces a continuation through it), as the hf backend does."""
+    model_eos = 5  # the tiny tokenizer's <|im_end|>, the EOS of the model's generation config
+    assert vllm_backend.eos_token_ids == {model_eos}
+    view = copy.copy(vllm_backend)
+    view.eos_token_ids = frozenset({0})  # <pad>: never drawn by this model
+    conts, _ = view.generate(prompts * 4, SamplingParams(), 24, generator=torch.Generator().manual_seed(8))
+    through = [c.token_ids for c in conts if model_eos in c.token_ids[:-1]]
+    assert through and all(len(tokens) == 24 for tokens in through)
+    assert len(view.score(prompts[:1], [through[0]])[0]) == 24
+
+
 def test_score_and_next_token_logprobs_match_hf(vllm_backend, hf_ref, prompts):
     conts, _ = vllm_backend.generate(prompts, SamplingParams(), 10, generator=torch.Generator().manual_seed(5))
     tokens = [c.token_ids for c in conts]
@@ -140,14 +155,16 @@ def test_forced_readout_hits_the_prefix_cache(vllm_backend, hf_ref):
 
 
 def test_statistics_survive_preemption(vllm_backend, hf_ref):
-    """The session engine's KV cache holds 9 blocks: this batch makes vLLM preempt and recompute requests."""
+    """The session engine's KV cache holds 39 blocks of 32 tokens: this batch makes vLLM preempt and recompute."""
     scheduler = vllm_backend.engine.engine_core.engine_core.scheduler
     preempt, preempted = scheduler._preempt_request, []
     scheduler._preempt_request = lambda *a, **k: preempted.append(1) or preempt(*a, **k)
     try:
         prompts = [hf_ref.encode(f"{i} Question: what is 2 + 3? Let's think step by step. " * 2) for i in range(12)]
         params = SamplingParams(temperature=0.5, top_k=40)
-        conts, _ = vllm_backend.generate(prompts, params, 150, generator=torch.Generator().manual_seed(9))
+        view = copy.copy(vllm_backend)
+        view.eos_token_ids = frozenset({0})  # <pad>, never drawn: every row grows to 150 tokens, 6 blocks each
+        conts, _ = view.generate(prompts, params, 150, generator=torch.Generator().manual_seed(9))
     finally:
         scheduler._preempt_request = preempt
     assert preempted, "no preemption happened: the test checks nothing"
