@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -31,3 +32,46 @@ FAST_OVERRIDES = [
     "--generation_batch_size",
     "8",
 ]
+
+
+def launch(config: str, out: Path, env: dict, extra: list[str] | None = None) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of ``fem train`` on the smoke recipe with 2 processes (``extra``: its overrides, default
+    ``FAST_OVERRIDES``)."""
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    cmd = [
+        accelerate,
+        "launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs" / config),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        "0",
+        "-m",
+        "fem",
+        "train",
+        "--config",
+        SMOKE_RECIPE,
+        "--output_dir",
+        str(out),
+        *(FAST_OVERRIDES if extra is None else extra),
+        "--per_device_train_batch_size",
+        "4",
+    ]
+    return subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, **env, "OMP_NUM_THREADS": "1"}
+    )
+
+
+def failure(result: subprocess.CompletedProcess) -> str:
+    """Rank 0's own error lines first (the launcher's summary and the other rank's barrier error fill the tail)."""
+    rank0 = [line for line in result.stderr.splitlines() if line.startswith("[rank0]")]
+    return "\n".join(rank0)[-3000:] + "\n--- stderr tail ---\n" + result.stderr[-2000:]
+
+
+def samples(out: Path, round_index: int) -> list[tuple]:
+    """A run's kept samples of one round, in a canonical order."""
+    lines = (out / f"round_{round_index:03d}" / "samples.jsonl").read_text().splitlines()
+    return sorted((s["example_id"], s["attempt"], s["rationale"], s["reward"]) for s in map(json.loads, lines))

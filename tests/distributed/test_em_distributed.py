@@ -6,13 +6,10 @@ samples a single process draws, and save a non-empty, reloadable adapter close t
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import FAST_OVERRIDES, ROOT, SMOKE_RECIPE, run_fem
+from helpers import FAST_OVERRIDES, SMOKE_RECIPE, failure, launch, run_fem, samples
 
 RECIPE = SMOKE_RECIPE
 FAST = FAST_OVERRIDES
@@ -21,46 +18,6 @@ LAUNCHES = {
     "zero2": ("deepspeed_zero2.yaml", "DEEPSPEED"),
     "zero3": ("deepspeed_zero3.yaml", "DEEPSPEED"),
 }
-
-
-def launch(config: str, out: Path, env: dict) -> subprocess.CompletedProcess:
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    cmd = [
-        accelerate,
-        "launch",
-        "--config_file",
-        str(ROOT / "accelerate_configs" / config),
-        "--num_processes",
-        "2",
-        "--mixed_precision",
-        "no",
-        "--main_process_port",
-        "0",
-        "-m",
-        "fem",
-        "train",
-        "--config",
-        RECIPE,
-        "--output_dir",
-        str(out),
-        *FAST,
-        "--per_device_train_batch_size",
-        "4",
-    ]
-    return subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, **env, "OMP_NUM_THREADS": "1"}
-    )
-
-
-def failure(result: subprocess.CompletedProcess) -> str:
-    """Rank 0's own error lines first (the launcher's summary and the other rank's barrier error fill the tail)."""
-    rank0 = [line for line in result.stderr.splitlines() if line.startswith("[rank0]")]
-    return "\n".join(rank0)[-3000:] + "\n--- stderr tail ---\n" + result.stderr[-2000:]
-
-
-def samples(out: Path, round_index: int) -> list[tuple]:
-    lines = (out / f"round_{round_index:03d}" / "samples.jsonl").read_text().splitlines()
-    return sorted((s["example_id"], s["attempt"], s["rationale"], s["reward"]) for s in map(json.loads, lines))
 
 
 def adapter(out: Path) -> dict:
