@@ -136,6 +136,34 @@ class ReferenceMH:
         return gen
 
 
+def run_power(backend, prompts, samples: int, alpha, block, horizon, steps, seed, early_rejection: bool) -> dict:
+    """fem's power_mh (uniform cut, all chains in one lockstep batch) on ``backend``: wall time and cost."""
+    cfg = ProposalConfig(
+        proposal="power_mh",
+        power_alpha=alpha,
+        power_block_size=block,
+        max_new_tokens=horizon,
+        power_mh_steps=steps,
+        power_cut="uniform",
+        power_early_rejection=early_rejection,
+        generation_batch_size=len(prompts) * samples,
+    )
+    prop = build_proposal(cfg, backend)
+    t0 = time.perf_counter()
+    traces = [t for g in prop.propose(prompts, samples, seed=seed) for t in g]
+    wall = time.perf_counter() - t0
+    mh = sum(t.cost.mh_steps for t in traces)
+    return {
+        "wall_s": wall,
+        "mh_steps": mh,
+        "tokens_decoded": sum(t.cost.tokens_decoded for t in traces),
+        "tokens_reencoded": sum(t.cost.tokens_reencoded for t in traces),
+        "tokens_encoded_total": prop.last_stats.tokens_encoded,
+        "acceptance": sum(t.cost.mh_accepts for t in traces) / max(mh, 1),
+        "mean_len": sum(t.num_tokens for t in traces) / len(traces),
+    }
+
+
 def bench_power(
     model,
     tokenizer,
@@ -148,9 +176,11 @@ def bench_power(
     steps: int,
     seed: int,
     reference_prompts: int | None = None,
+    others: dict | None = None,
 ) -> dict:
     """``reference_prompts``: run the (sequential, batch-1) reference loop on the first prompts only; its chains are
-    the same as in a full run (one rng, prompts in order) and its per-step figures need no more."""
+    the same as in a full run (one rng, prompts in order) and its per-step figures need no more. ``others``: more
+    backends by name (vllm) whose power_mh runs the same chains, with and without early rejection."""
     ref = ReferenceMH(model, tokenizer, alpha, block, horizon, steps)
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -168,31 +198,15 @@ def bench_power(
         "acceptance": ref.accepts / max(ref.mh_steps, 1),
     }
     ours = {}
+    for name, other in (others or {}).items():
+        for er in (True, False):
+            ours[f"{name}_{'early_rejection' if er else 'no_early_rejection'}"] = run_power(
+                other, prompts, samples, alpha, block, horizon, steps, seed, er
+            )
     for er in (True, False):
-        cfg = ProposalConfig(
-            proposal="power_mh",
-            power_alpha=alpha,
-            power_block_size=block,
-            max_new_tokens=horizon,
-            power_mh_steps=steps,
-            power_cut="uniform",
-            power_early_rejection=er,
-            generation_batch_size=len(prompts) * samples,
+        ours["early_rejection" if er else "no_early_rejection"] = run_power(
+            backend, prompts, samples, alpha, block, horizon, steps, seed, er
         )
-        prop = build_proposal(cfg, backend)
-        t0 = time.perf_counter()
-        traces = [t for g in prop.propose(prompts, samples, seed=seed) for t in g]
-        wall = time.perf_counter() - t0
-        mh = sum(t.cost.mh_steps for t in traces)
-        ours["early_rejection" if er else "no_early_rejection"] = {
-            "wall_s": wall,
-            "mh_steps": mh,
-            "tokens_decoded": sum(t.cost.tokens_decoded for t in traces),
-            "tokens_reencoded": sum(t.cost.tokens_reencoded for t in traces),
-            "tokens_encoded_total": prop.last_stats.tokens_encoded,
-            "acceptance": sum(t.cost.mh_accepts for t in traces) / max(mh, 1),
-            "mean_len": sum(t.num_tokens for t in traces) / len(traces),
-        }
     anc_cfg = ProposalConfig(
         proposal="ancestral", max_new_tokens=horizon, generation_batch_size=len(prompts) * samples
     )

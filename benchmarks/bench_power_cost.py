@@ -1,10 +1,13 @@
 """(4) Power-sampling cost per MH step: fem's power_mh (KV reuse, lockstep batching over chains, exact early
-rejection) against a faithful re-implementation of the published reference loop (``_decoding.ReferenceMH``:
+rejection) on the hf backend and on the vllm backend (in-process engine as a power_mh recipe builds it: prefix
+caching with 32-token blocks, the proposals of one step one batch of requests, early rejection by aborting
+requests), against a faithful re-implementation of the published reference loop (``_decoding.ReferenceMH``:
 one ``model.generate`` per extension and per MH step, no cache reuse, batch 1, uniform cut; run on the first half
 of the chains, which it draws exactly as in a full run), at the same alpha, B, T, N and seeds, on SmolLM2-135M
-(fp32, one thread; the tiny model with --quick). Reported per MH step: wall time, tokens decoded, prefix tokens
-re-encoded; and the cost of one power sample relative to one ancestral sample
-(tokens and wall), next to the paper's formula N*T/(4B) and the published 9-14x. Goal: >= 3x faster per MH step.
+(fp32 everywhere, one thread; a tiny model with --quick). Reported per MH step: wall time, tokens decoded, prefix
+tokens re-encoded (vLLM: what its prefix cache did not hold); and the cost of one power sample relative to one
+ancestral sample (tokens and wall), next to the paper's formula N*T/(4B) and the published 9-14x.
+Goals: hf >= 3x faster per MH step than the reference loop; vLLM faster per MH step than hf.
 """
 
 from __future__ import annotations
@@ -25,13 +28,26 @@ def measure(args: argparse.Namespace) -> C.Measured:
     import tempfile
 
     from fem.generation.hf import HFBackend
-    from fem.models import SMOLLM2_ALIAS, load_model_and_tokenizer
+    from fem.generation.vllm_env import vllm_problem
+    from fem.models import SMOLLM2_ALIAS, hf_model_dir, load_model_and_tokenizer
     from fem.testing.tiny import save_tiny_model
 
+    if not args.no_vllm and vllm_problem() is None:
+        from fem.generation.vllm import VLLMBackend
+        from fem.generation.vllm_engine import EngineOptions, lora_module_names
+
     with tempfile.TemporaryDirectory() as tmp:
-        path, label = (str(save_tiny_model(tmp)), "tiny") if args.quick else (SMOLLM2_ALIAS, "smollm2-135m")
+        tiny = str(save_tiny_model(tmp, hidden_size=128))  # head size 32: vLLM's CPU attention takes it
+        path, label = (tiny, "tiny") if args.quick else (SMOLLM2_ALIAS, "smollm2-135m")
         model, tok = load_model_and_tokenizer(path)
         backend = HFBackend(model, tok)
+        others, problem = {}, None if args.no_vllm else vllm_problem()
+        if not args.no_vllm and problem is None:
+            options = EngineOptions(
+                dtype="float32", kv_cache_gib=1.0, block_size=32, lora_target_modules=lora_module_names(model, None)
+            )
+            others["vllm"] = VLLMBackend(model, tok, model_dir=hf_model_dir(path, None, model, tok), options=options)
+            D.backend_tps(others["vllm"], D.chat_prompts(tok, 2), 2, 4, args.seed)  # warm-up
         alpha, block, horizon, steps, prompts_n, samples = (
             (4.0, 8, 32, 2, 2, 2) if args.quick else (4.0, 16, 64, 2, 4, 2)
         )
@@ -48,7 +64,10 @@ def measure(args: argparse.Namespace) -> C.Measured:
             steps,
             args.seed,
             reference_prompts=max(1, prompts_n // 2),  # per-step figures; the batch-1 loop is the slow part
+            others=others,
         )
+        for other in others.values():
+            other.close()
     res["model"] = label
     res["load_start"], res["load_end"] = load0, C.load()
     r = res["ratios"]
@@ -79,6 +98,21 @@ def measure(args: argparse.Namespace) -> C.Measured:
             "acceptance": res["ours"]["no_early_rejection"]["acceptance"],
         },
     ]
+    for key, text in (
+        ("vllm_early_rejection", "fem power_mh on vLLM (prefix cache, lockstep, early rejection)"),
+        ("vllm_no_early_rejection", "fem power_mh on vLLM without early rejection"),
+    ):
+        if key in res["ours"]:
+            run = res["ours"][key]
+            rows.append(
+                {
+                    "sampler": text,
+                    "s_per_mh_step": run["wall_s"] / run["mh_steps"],
+                    "decoded_per_step": run["tokens_decoded"] / run["mh_steps"],
+                    "reencoded_per_step": run["tokens_reencoded"] / run["mh_steps"],
+                    "acceptance": run["acceptance"],
+                }
+            )
     C.table(rows, C.COLUMNS[NAME])
     stages = math.ceil(horizon / block)
     formula = steps * horizon / (4 * block)
@@ -93,10 +127,19 @@ def measure(args: argparse.Namespace) -> C.Measured:
         f"(paper formula at these settings: x{formula:.2f}, exact block sum x{exact_sum:.2f})"
     )
     speed = r["wall_per_mh_step_reference_over_ours"]
+    vllm_speed, problem_text = None, "not measured: " + (problem[0] if problem else "--no-vllm")
+    if "vllm_early_rejection" in res["ours"]:
+        run = res["ours"]["vllm_early_rejection"]
+        vllm_speed = (ours["wall_s"] / ours["mh_steps"]) / (run["wall_s"] / run["mh_steps"])
     goals = {
         "per_step_speedup": C.goal(">= 3x faster per MH step than the reference loop", round(speed, 2), speed >= 3),
         "per_step_speedup_no_er": C.goal(
             "(same, early rejection off)", round(r["wall_per_mh_step_reference_over_ours_no_er"], 2), None
+        ),
+        "vllm_over_hf_per_step": C.goal(
+            "power_mh per MH step: vLLM faster than hf (hf s/step over vLLM s/step, > 1)",
+            round(vllm_speed, 2) if vllm_speed is not None else problem_text,
+            None if vllm_speed is None or args.quick else vllm_speed > 1,
         ),
         "power_over_ancestral": C.goal(
             "cost of one power sample / one ancestral sample (tokens, wall)",
@@ -111,5 +154,9 @@ def measure(args: argparse.Namespace) -> C.Measured:
     )
 
 
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-vllm", action="store_true", help="skip the vLLM backend's rows")
+
+
 if __name__ == "__main__":
-    C.main(NAME, __doc__, measure)
+    C.main(NAME, __doc__, measure, arguments)

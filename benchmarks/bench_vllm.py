@@ -1,24 +1,26 @@
-"""vLLM backend decoding throughput against the hf backend and a per-prompt ``model.generate`` loop, same process.
+"""(9) vLLM backend decoding throughput against the hf backend and a per-prompt ``model.generate`` loop, same process.
 
-For each model (a tiny random Llama vLLM's CPU attention accepts; SmolLM2-135M-Instruct from its GGUF) and dtype
-(float32; bfloat16 where the CPU has bf16 instructions, or on a GPU): tokens/s of
+For each model (SmolLM2-135M-Instruct from its GGUF; with --quick a tiny random Llama vLLM's CPU attention accepts)
+and dtype (float32; bfloat16 where the CPU has bf16 instructions, or on a GPU): tokens/s of
 
 - a per-prompt ``model.generate`` loop (batch 1, do_sample, temperature 1, top_k 0),
 - fem's ``hf`` backend at batch 1/8/32,
 - the ``vllm`` backend at batch 1/8/32 with every statistic of the contract (logp, logq, entropy), and with none
   (``stats=()``: what the statistics tracker costs),
 
-all sampling at temperature 1 from the same chat prompts, ``max_new`` new tokens (rows may end earlier at EOS: each
-count is of tokens actually decoded). Ratios vLLM / hf and vLLM / loop per batch; roofline: the measured dense
-matmul throughput in the same dtype over 2 x parameters FLOPs per token. The vLLM engine is in-process with the
-backend's defaults (eager, prefix caching on; prompts differ so caching does not flatter it). One thread
-(``OMP_NUM_THREADS=1``); the load average is recorded per row: timings on a shared machine are indicative only.
+all sampling at temperature 1 from the same chat prompts, ``--max-new`` new tokens (rows may end earlier at EOS: each
+count is of tokens actually decoded; prompts are encoded in the timed call, as in an E-step). Ratios vLLM / hf (same
+dtype) and vLLM / loop per batch; roofline: the measured dense matmul throughput in the same dtype over 2 x parameters
+FLOPs per token. The vLLM engine is in-process with the recipe defaults (eager, prefix caching on; every timed call
+uses prompts the engine has not seen, so the cache does not flatter it). One thread (``OMP_NUM_THREADS=1``); the load
+average is recorded per row: timings on a shared machine are indicative only.
 
-Usage: OMP_NUM_THREADS=1 python benchmarks/bench_vllm.py [--quick] [--models tiny smollm2] [--dtypes float32 bfloat16]
+Goals: at batch 32, vLLM >= 2x hf tokens/s in fp32 and >= 3x in bf16.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import sys
 import tempfile
@@ -27,52 +29,63 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-import bench_proposals as BP  # noqa: E402
+import _decoding as D  # noqa: E402
 
 NAME = "vllm"
 
 
-def bf16_supported() -> bool:
-    import torch
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--models", nargs="+", default=None, choices=["tiny", "smollm2"], help="default smollm2 (quick: tiny)"
+    )
+    p.add_argument("--dtypes", nargs="+", default=None, choices=["float32", "bfloat16"], help="default: both")
+    p.add_argument("--batches", nargs="+", type=int, default=None, help="default 1 8 32 (quick: 1 8)")
+    p.add_argument("--max-new", type=int, default=None, help="new tokens per row (default 64; quick 16)")
 
-    return torch.cuda.is_available() or bool(torch.cpu._is_avx512_bf16_supported())
+
+def unseen_prompts(tokenizer, n: int, offset: int) -> list[list[int]]:
+    """``n`` chat prompts with a distinct first line, so no call reuses another's prefix-cache blocks."""
+    base = D.chat_prompts(tokenizer, n)
+    tag = tokenizer.encode(f"Case {offset}.", add_special_tokens=False)
+    return [tag + p for p in base]
 
 
-def run_model(label: str, source: str, dtype: str, batches: list[int], max_new: int, loop_prompts: int, seed: int):
+def run_model(label: str, source: str, dtype: str, batches: list[int], max_new: int, seed: int) -> list[dict]:
     import torch
 
     from fem.generation.base import SamplingParams
     from fem.generation.hf import HFBackend
     from fem.generation.vllm import VLLMBackend
-    from fem.generation.vllm_engine import EngineOptions
+    from fem.generation.vllm_engine import EngineOptions, lora_module_names
     from fem.models import hf_model_dir, load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(source, dtype=dtype)
     folder = hf_model_dir(source, None, model, tok)
     params = sum(p.numel() for p in model.parameters())
-    prompts = BP.chat_prompts(tok, max(batches + [loop_prompts]))
     roof_tps = C.matmul_gflops(dtype)["gflops_best"] * 1e9 / (2 * params)
     hf = HFBackend(model, tok)
     started = time.perf_counter()
-    engine = VLLMBackend(model, tok, model_dir=folder, options=EngineOptions(dtype=dtype, kv_cache_gib=0.5))
+    options = EngineOptions(dtype=dtype, kv_cache_gib=1.0, lora_target_modules=lora_module_names(model, "all-linear"))
+    engine = VLLMBackend(model, tok, model_dir=folder, options=options)  # as a recipe's (LoRA on, lm_head without)
     engine_start_s = time.perf_counter() - started
+    calls = iter(range(1, 10**6))
 
-    def vllm_tps(rows, batch, stats):
+    def vllm_tps(rows: list[list[int]], batch: int, stats) -> float:
         gen, tokens, t0 = torch.Generator().manual_seed(seed), 0, time.perf_counter()
         for start in range(0, len(rows), batch):
             _, s = engine.generate(rows[start : start + batch], SamplingParams(), max_new, generator=gen, stats=stats)
             tokens += s.tokens_decoded
         return tokens / (time.perf_counter() - t0)
 
-    BP.backend_tps(hf, prompts[:2], 2, 4, seed)  # warm-ups (vLLM compiles its log-prob ranking op on first use)
-    vllm_tps(prompts[:2], 2, None)
-    loop = BP.generate_loop_tps(model, tok, prompts[:loop_prompts], max_new, seed)["tokens_per_s"]
+    D.backend_tps(hf, unseen_prompts(tok, 2, 0), 2, 4, seed)  # warm-ups
+    vllm_tps(unseen_prompts(tok, 2, next(calls)), 2, None)
+    loop = D.generate_loop_tps(model, tok, unseen_prompts(tok, 4, 0), max_new, seed)["tokens_per_s"]
     out = []
     for b in batches:
-        rows = prompts[: max(b, loop_prompts) if b == 1 else b]
-        hf_tps = BP.backend_tps(hf, rows, b, max_new, seed)["tokens_per_s"]
-        v_tps = vllm_tps(rows, b, None)
-        bare_tps = vllm_tps(rows, b, ())
+        n = max(b, 4)  # batch 1: four prompts one after the other
+        hf_tps = D.backend_tps(hf, unseen_prompts(tok, n, 0), b, max_new, seed)["tokens_per_s"]
+        v_tps = vllm_tps(unseen_prompts(tok, n, next(calls)), b, None)
+        bare_tps = vllm_tps(unseen_prompts(tok, n, next(calls)), b, ())
         out.append(
             {
                 "model": label,
@@ -88,6 +101,7 @@ def run_model(label: str, source: str, dtype: str, batches: list[int], max_new: 
                 "hf_vs_generate_loop": round(hf_tps / loop, 2),
                 "roofline_tokens_per_s": round(roof_tps, 1),
                 "vllm_fraction_of_roofline": round(v_tps / roof_tps, 4),
+                "hf_fraction_of_roofline": round(hf_tps / roof_tps, 4),
                 "vllm_engine_start_s": round(engine_start_s, 1),
                 "new_tokens": max_new,
                 "load": C.load(),
@@ -99,62 +113,54 @@ def run_model(label: str, source: str, dtype: str, batches: list[int], max_new: 
     return out
 
 
-def main() -> int:
-    p = C.parser(NAME, __doc__)
-    p.add_argument(
-        "--models", nargs="+", default=None, choices=["tiny", "smollm2"], help="default: both (--quick: tiny)"
-    )
-    p.add_argument("--dtypes", nargs="+", default=None, choices=["float32", "bfloat16"], help="default: both")
-    args = p.parse_args()
-    C.setup_threads()
-    from fem.generation.vllm_engine import vllm_problem
-
-    problem = vllm_problem()
-    if problem is not None:
-        print(f"fem bench vllm: {problem[0]}: {problem[1]}")
-        return 2
-    started = time.perf_counter()
+def measure(args: argparse.Namespace) -> C.Measured:
+    from fem.generation.vllm_env import has_bf16_instructions, vllm_problem
     from fem.models import SMOLLM2_ALIAS
     from fem.testing.tiny import save_tiny_model
 
-    models = args.models or (["tiny"] if args.quick else ["tiny", "smollm2"])
+    problem = vllm_problem()
+    if problem is not None:
+        raise SystemExit(f"fem bench {NAME}: {problem[0]}: {problem[1]}")
+    import torch
+
+    models = args.models or (["tiny"] if args.quick else ["smollm2"])
     dtypes = args.dtypes or (["float32"] if args.quick else ["float32", "bfloat16"])
-    skipped = [d for d in dtypes if d == "bfloat16" and not bf16_supported()]
+    bf16_ok = torch.cuda.is_available() or has_bf16_instructions()
+    skipped = [d for d in dtypes if d == "bfloat16" and not bf16_ok]
     dtypes = [d for d in dtypes if d not in skipped]
-    batches = [1, 8] if args.quick else [1, 8, 32]
+    batches = args.batches or ([1, 8] if args.quick else [1, 8, 32])
+    max_new = args.max_new or (16 if args.quick else 64)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         sources = {"tiny": str(save_tiny_model(tmp, hidden_size=128)), "smollm2": SMOLLM2_ALIAS}
         for label in models:
             for dtype in dtypes:
-                max_new = 16 if args.quick else 64
-                rows += run_model(label, sources[label], dtype, batches, max_new, 4, args.seed)
+                rows += run_model(label, sources[label], dtype, batches, max_new, args.seed)
     C.table(rows, C.COLUMNS[NAME])
+    top = max(batches)
     goals = {
         f"{r['model']}_{r['dtype']}_batch{r['batch']}": C.goal(
-            f"{r['model']} {r['dtype']} batch {r['batch']}: vLLM tokens/s over hf (target >= 2 fp32, >= 3 bf16)",
+            f"{r['model']} {r['dtype']} batch {r['batch']}: vLLM tokens/s over hf "
+            f"(target >= {2 if r['dtype'] == 'float32' else 3})",
             r["vllm_vs_hf"],
-            r["vllm_vs_hf"] >= (2.0 if r["dtype"] == "float32" else 3.0),
+            r["vllm_vs_hf"] >= (2.0 if r["dtype"] == "float32" else 3.0) if top == 32 else None,
         )
         for r in rows
-        if r["batch"] == max(batches)
+        if r["batch"] == top
     }
-    C.write(
-        NAME,
-        args.out,
-        quick=args.quick,
+    return C.Measured(
         settings={
             "sampling": "temperature 1, top_k 0, top_p 1",
+            "new_tokens": max_new,
             "threads": 1,
-            "vllm": "in-process engine, enforce_eager, prefix caching, kv 0.5 GiB",
+            "vllm": "in-process engine as a recipe builds it: enforce_eager, prefix caching (unseen prompts), LoRA on "
+            "(all linear layers but lm_head, no adapter loaded), kv 1 GiB, block 128",
             "bf16_skipped_no_cpu_support": skipped,
         },
         results=rows,
         goals=goals,
-        started=started,
     )
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    C.main(NAME, __doc__, measure, arguments)

@@ -68,17 +68,14 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # before vLLM is importe
 from vllm import SamplingParams as VLLMSamplingParams  # noqa: E402
 from vllm.inputs import TokensPrompt  # noqa: E402
 from vllm.lora.request import LoRARequest  # noqa: E402
-from vllm.platforms import current_platform  # noqa: E402
 from vllm.sampling_params import RequestOutputKind  # noqa: E402
 
 from fem.generation.base import STATS, Continuation, DecodeStats, SamplingParams, StopCallback  # noqa: E402
 from fem.generation.hf import eos_ids_of  # noqa: E402
 from fem.generation.vllm_decode import DecodeRun  # noqa: E402
-from fem.generation.vllm_engine import EngineOptions, create_engine, shutdown_engine  # noqa: E402
+from fem.generation.vllm_engine import EngineOptions, create_engine, options_from_configs, shutdown_engine  # noqa: E402
 from fem.generation.vllm_env import lora_rank_bound  # noqa: E402
 from fem.generation.vllm_stats import EXTRA_ARGS_KEY  # noqa: E402
-
-POWER_CPU_BLOCK_SIZE = 32  # KV block size on CPU when a power_mh proposal runs (the smallest vLLM's CPU kernels take)
 
 
 class VLLMBackend:
@@ -121,26 +118,10 @@ class VLLMBackend:
 
     @classmethod
     def from_configs(cls, configs: Any, model: Any, tokenizer: Any, model_dir: str) -> VLLMBackend:
-        """The backend a recipe asks for (``base.BuiltFromConfigs``): engine options from its ``vllm_*`` keys, weights
-        from ``model_dir`` (a Hugging Face folder of the model fem loaded), LoRA rank from ``lora_r``."""
-        e = configs.engine
-        block_size = e.vllm_block_size
-        if block_size is None and current_platform.is_cpu() and uses_power_mh(configs):
-            block_size = POWER_CPU_BLOCK_SIZE
-        options = EngineOptions(
-            dtype=e.vllm_dtype,
-            max_model_len=e.vllm_max_model_len,
-            kv_cache_gib=e.vllm_kv_cache_gib,
-            gpu_memory_utilization=e.vllm_gpu_memory_utilization,
-            tensor_parallel_size=e.vllm_tensor_parallel_size,
-            enable_prefix_caching=e.vllm_enable_prefix_caching,
-            enforce_eager=e.vllm_enforce_eager,
-            max_num_seqs=e.vllm_max_num_seqs,
-            block_size=block_size,
-            max_lora_rank=configs.model.lora_r,
-            seed=configs.mstep.seed,
-        )
-        return cls(model, tokenizer, model_dir=model_dir, options=options)
+        """The backend a recipe asks for (``base.BuiltFromConfigs``): engine options from its ``vllm_*`` keys
+        (``vllm_engine.options_from_configs``), weights from ``model_dir`` (a Hugging Face folder of the model fem
+        loaded)."""
+        return cls(model, tokenizer, model_dir=model_dir, options=options_from_configs(configs, model))
 
     # ------------------------------------------------------------------ basics
     def encode(self, text: str) -> list[int]:
@@ -152,6 +133,11 @@ class VLLMBackend:
     @property
     def adapter_path(self) -> str | None:
         return self._adapter_path
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix block (a benchmark's cold start; the next requests encode their whole prompts)."""
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM could not reset its prefix cache (requests still running)")
 
     def close(self) -> None:
         """Stop the engine and free its memory (the backend is unusable afterwards)."""
@@ -333,14 +319,23 @@ class VLLMBackend:
     def load_adapter(self, path: str) -> None:
         """Serve the PEFT adapter at ``path`` from now on, under a new LoRA id (the previous one is removed)."""
         if not self.options.enable_lora:
-            raise RuntimeError("the vLLM engine was built without LoRA support (vllm_enable_lora: false)")
+            raise RuntimeError("the vLLM engine was built without LoRA support (EngineOptions.enable_lora=False)")
         folder = Path(path).resolve()
         config_file = folder / "adapter_config.json"
         if not config_file.is_file():
             raise FileNotFoundError(f"{folder} holds no adapter_config.json (not a PEFT adapter)")
-        rank = int(json.loads(config_file.read_text()).get("r", 0))
+        adapter_config = json.loads(config_file.read_text())
+        rank = int(adapter_config.get("r", 0))
         if rank > lora_rank_bound(self.options.max_lora_rank):
             raise ValueError(f"adapter rank {rank} exceeds the engine's max_lora_rank {self.options.max_lora_rank}")
+        wrapped = self.options.lora_target_modules
+        targets = adapter_config.get("target_modules") or []
+        targets = [targets] if isinstance(targets, str) else list(targets)
+        outside = sorted(set(targets) - set(wrapped)) if wrapped is not None else []
+        if outside:
+            raise ValueError(
+                f"the adapter targets {outside}, which the engine serves without LoRA (it wraps {wrapped})"
+            )
         lora_id = next(self._lora_ids)
         request = LoRARequest(f"fem-adapter-{lora_id}", lora_id, str(folder))
         self.engine.add_lora(request)
@@ -354,9 +349,3 @@ class VLLMBackend:
             self.engine.remove_lora(self._lora.lora_int_id)
         self._lora = None
         self._adapter_path = None
-
-
-def uses_power_mh(configs: Any) -> bool:
-    """Whether the run draws with power_mh (E-step or an evaluated proposal): its proposals re-read kept prefixes."""
-    labels = [configs.proposal.proposal, configs.eval.eval_proposal or "", *configs.eval.proposal_list]
-    return any(label.partition(":")[0] == "power_mh" for label in labels)

@@ -60,6 +60,7 @@ from fem.generation.vllm_env import lora_rank_bound, vllm_problem
 from fem.generation.vllm_stats import StatsTracker, StatsWorkerExtension
 
 DEFAULT_CPU_KV_CACHE_GIB = 1.0
+POWER_CPU_BLOCK_SIZE = 32  # KV block size on CPU when a power_mh proposal runs (the smallest vLLM's CPU kernels take)
 
 
 @dataclass
@@ -76,9 +77,54 @@ class EngineOptions:
     max_num_seqs: int = 256
     enable_lora: bool = True
     max_lora_rank: int = 16
+    lora_target_modules: tuple[str, ...] | None = None  # None: every layer vLLM can wrap, the logits' lm_head too
     block_size: int | None = None  # None: the engine's default (128 on CPU, 16 on GPU)
     in_process: bool = True
     seed: int = 0
+
+
+def options_from_configs(configs: Any, model: Any) -> EngineOptions:
+    """The engine options a recipe asks for: its ``vllm_*`` keys, the LoRA rank and target modules of its M-step,
+    and on CPU 32-token KV blocks when a power_mh proposal runs (proposals re-read the kept prefix of a chain: the
+    smaller the block, the more of it the prefix cache holds; 32 is the least vLLM's CPU kernels take)."""
+    e = configs.engine
+    block_size = e.vllm_block_size
+    if block_size is None and current_platform.is_cpu() and uses_power_mh(configs):
+        block_size = POWER_CPU_BLOCK_SIZE
+    return EngineOptions(
+        dtype=e.vllm_dtype,
+        max_model_len=e.vllm_max_model_len,
+        kv_cache_gib=e.vllm_kv_cache_gib,
+        gpu_memory_utilization=e.vllm_gpu_memory_utilization,
+        tensor_parallel_size=e.vllm_tensor_parallel_size,
+        enable_prefix_caching=e.vllm_enable_prefix_caching,
+        enforce_eager=e.vllm_enforce_eager,
+        max_num_seqs=e.vllm_max_num_seqs,
+        block_size=block_size,
+        max_lora_rank=configs.model.lora_r,
+        lora_target_modules=lora_module_names(model, configs.model.lora_target_modules),
+        seed=configs.mstep.seed,
+    )
+
+
+def uses_power_mh(configs: Any) -> bool:
+    """Whether the run draws with power_mh (E-step or an evaluated proposal): its proposals re-read kept prefixes."""
+    labels = [configs.proposal.proposal, configs.eval.eval_proposal or "", *configs.eval.proposal_list]
+    return any(label.partition(":")[0] == "power_mh" for label in labels)
+
+
+def lora_module_names(model: Any, targets: Any) -> tuple[str, ...]:
+    """The module names fem's adapters may target, for vLLM's ``lora_target_modules``: the recipe's list, or for
+    ``all-linear`` (and PEFT's default) every linear layer but the output embeddings. Left unrestricted, vLLM would
+    also wrap the logits (``lm_head``), which costs a vocabulary-wide LoRA product per decoded token on CPU."""
+    if isinstance(targets, str) and targets != "all-linear":
+        targets = [targets]
+    if targets and targets != "all-linear":
+        return tuple(sorted({str(t) for t in targets}))
+    output = model.get_output_embeddings()
+    linear = {name.rpartition(".")[2] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    heads = {name.rpartition(".")[2] for name, m in model.named_modules() if m is output}
+    return tuple(sorted(linear - heads))
 
 
 def check_head_dim(model_dir: str) -> None:
@@ -139,6 +185,8 @@ def engine_kwargs(model_dir: str, options: EngineOptions, model_dtype: str) -> d
         kwargs["block_size"] = options.block_size
     if options.enable_lora:
         kwargs.update(enable_lora=True, max_lora_rank=lora_rank_bound(options.max_lora_rank), max_loras=1)
+        if options.lora_target_modules is not None:
+            kwargs["lora_target_modules"] = list(options.lora_target_modules)
     if options.in_process and launched_world_size() > 1:
         kwargs["distributed_executor_backend"] = "external_launcher"
     return kwargs

@@ -9,10 +9,10 @@ declares itself not argmax-invariant, so it runs in ``Sampler.apply_logits_proce
 
 A request opts in with ``SamplingParams.extra_args[EXTRA_ARGS_KEY] = {"key": ..., "row": bool, "force": ids|None}``.
 At each step the tracker
-takes, for every tracked row, ``log_softmax`` of the raw logits (the base next-token distribution at position
-``pos = len(output so far)``) and its entropy. The sampled token at ``pos`` is known one step later through the
-request's live output list (vLLM hands logits processors a reference to it), so the row waits until then: at most
-one pending ``[vocab]`` row per request. ``keep_row`` requests (the forced read-out: one token, full distribution)
+takes, for every tracked row, the log-normaliser and the entropy of the raw logits (the base next-token distribution
+at position ``pos = len(output so far)``, temperature 1, the whole vocabulary; ``base_statistics``). The sampled token
+at ``pos`` is known one step later through the request's live output list (vLLM hands logits processors a reference
+to it), so the row waits until then (its log p is ``logit - lse``): at most one pending ``[vocab]`` row per request. ``keep_row`` requests (the forced read-out: one token, full distribution)
 keep their first row for the caller. ``force`` requests (teacher forcing, for ``score``) are greedy requests whose
 logits the tracker replaces, *after* reading them, by a one-hot on the given token of that position, so the engine
 decodes exactly the given continuation from the prefix cache and the tracker reads its base statistics.
@@ -44,7 +44,7 @@ class _Record:
     force: list[int] | None = None
     logp: list[float] = field(default_factory=list)
     entropy: list[float] = field(default_factory=list)
-    pending: dict[int, torch.Tensor] = field(default_factory=dict)
+    pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # pos -> (raw row, lse)
     row: torch.Tensor | None = None
     sent: int = 0
 
@@ -104,10 +104,7 @@ class StatsTracker(LogitsProcessor):
         indices = sorted(i for i, key in self.key_at.items() if key in self.records)
         if not indices:
             return logits
-        rows = logits[torch.tensor(indices, dtype=torch.long, device=logits.device)].float()
-        logp = torch.log_softmax(rows, dim=-1)
-        p = logp.exp()
-        entropy = (-torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)).tolist()
+        rows, lse, entropy = base_statistics(logits[torch.tensor(indices, dtype=torch.long, device=logits.device)])
         for j, index in enumerate(indices):
             record = self.records[self.key_at[index]]
             _resolve(record)
@@ -118,9 +115,9 @@ class StatsTracker(LogitsProcessor):
                 record.entropy.append(entropy[j])
             else:
                 raise RuntimeError(f"statistics tracker lost positions of request {self.key_at[index]}")
-            record.pending[pos] = logp[j]
+            record.pending[pos] = (rows[j], lse[j])
             if record.keep_row and pos == 0:
-                record.row = logp[j].clone()
+                record.row = rows[j] - lse[j]
             if record.force is not None and pos < len(record.force):
                 logits[index] = float("-inf")
                 logits[index, record.force[pos]] = 0.0
@@ -145,6 +142,21 @@ class StatsTracker(LogitsProcessor):
         return out
 
 
+def base_statistics(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """Raw float32 logits rows, their log-normaliser and the entropy of each row's distribution, in three passes over
+    the vocabulary (no log-softmax materialised: a token's log p is ``row[token] - lse``, read when it is known).
+    ``H = lse - sum_v p_v z_v``; rows holding -inf logits take the guarded ``-sum p log p`` instead."""
+    rows = logits.float()
+    lse = torch.logsumexp(rows, dim=-1)
+    p = torch.exp(rows - lse[:, None])
+    entropy = lse - (p * rows).sum(-1)
+    bad = torch.isnan(entropy)
+    if bool(bad.any()):
+        logp = rows[bad] - lse[bad, None]
+        entropy[bad] = -torch.where(p[bad] > 0, p[bad] * logp, torch.zeros_like(logp)).sum(-1)
+    return rows, lse, entropy.tolist()
+
+
 def _resolve(record: _Record) -> None:
     """Read the log p of every pending position whose token the engine has sampled since."""
     if not record.pending:
@@ -153,8 +165,8 @@ def _resolve(record: _Record) -> None:
     for pos in sorted(record.pending):
         if pos >= known:
             break
-        row = record.pending.pop(pos)
-        value = float(row[record.output_ids[pos]])
+        row, lse = record.pending.pop(pos)
+        value = float(row[record.output_ids[pos]] - lse)
         if pos < len(record.logp):
             record.logp[pos] = value
         elif pos == len(record.logp):

@@ -51,7 +51,13 @@ def build_tiny_tokenizer(vocab_size: int = 512):
 
 
 def build_tiny_model(
-    tokenizer, *, hidden_size: int = 64, num_layers: int = 2, seed: int = 0, initializer_range: float = 0.2
+    tokenizer,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    seed: int = 0,
+    initializer_range: float = 0.2,
+    context: int = 2048,
 ):
     """A randomly initialised Llama (about 100k parameters) matching ``tokenizer``. ``initializer_range`` is larger
     than Llama's 0.02 so that LoRA alone (which cannot rescale the tied embeddings) can make confident predictions."""
@@ -62,7 +68,7 @@ def build_tiny_model(
         num_hidden_layers=num_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=2048,
+        max_position_embeddings=context,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -73,12 +79,15 @@ def build_tiny_model(
     return LlamaForCausalLM(config)
 
 
-def save_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = 64, num_layers: int = 2) -> Path:
-    """Build the tiny tokenizer and model and save both to ``out_dir`` (a normal HF folder). Returns the path."""
+def save_tiny_model(
+    out_dir: str | Path, *, seed: int = 0, hidden_size: int = 64, num_layers: int = 2, context: int = 2048
+) -> Path:
+    """Build the tiny tokenizer and model (``context``: its maximum sequence length) and save both to ``out_dir`` (a
+    normal HF folder). Returns the path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=seed)
+    model = build_tiny_model(tokenizer, hidden_size=hidden_size, num_layers=num_layers, seed=seed, context=context)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)

@@ -177,3 +177,15 @@ def test_a_second_in_process_engine_is_refused(vllm_backend, vllm_model_dir, hf_
 
     with pytest.raises(RuntimeError, match="already open"):
         VLLMBackend(hf_ref.model, hf_ref.tokenizer, model_dir=str(vllm_model_dir), options=EngineOptions())
+
+
+def test_base_statistics_match_log_softmax_with_and_without_masked_logits():
+    from fem.generation.vllm_stats import base_statistics
+
+    logits = torch.tensor([[0.5, -1.0, 3.0, 2.0], [1.0, float("-inf"), -2.0, 0.0], [40.0, -60.0, 0.0, 1.0]])
+    rows, lse, entropy = base_statistics(logits.to(torch.bfloat16).float())
+    logp = torch.log_softmax(rows, dim=-1)
+    p = logp.exp()
+    expected = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+    assert entropy == pytest.approx(expected.tolist(), abs=1e-6)
+    assert (rows - lse[:, None])[torch.isfinite(rows)].tolist() == pytest.approx(logp[torch.isfinite(rows)].tolist())
