@@ -16,6 +16,7 @@ from typing import Any
 
 from fem.errors import ConfigError
 from fem.generation import check_backend
+from fem.generation.vllm_env import engine_dtype as resolve_engine_dtype
 from fem.models import resolve_model_source
 from fem.proposals import check_proposal_name
 from fem.run_configs import Configs
@@ -66,10 +67,8 @@ def preflight(
 
 
 def engine_dtype(configs: Configs) -> str:
-    """The dtype an engine backend runs its weights in: ``vllm_dtype``, or the loaded model's (``dtype``)."""
-    if configs.engine.vllm_dtype != "auto":
-        return configs.engine.vllm_dtype
-    return str(getattr(configs.model, "dtype", None) or "float32")
+    """The dtype an engine backend runs its weights in (``vllm_dtype`` resolved against the model's ``dtype``)."""
+    return resolve_engine_dtype(configs.engine.vllm_dtype, getattr(configs.model, "dtype", None))
 
 
 def backend_plan(configs: Configs) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from fem.validation import validate_fields
 
-VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
+VLLM_DTYPES = ("auto", "fastest", "float32", "bfloat16", "float16")
 VLLM_BLOCK_SIZES = (16, 32, 64, 128, 256)
 
 
@@ -21,8 +21,8 @@ class EngineConfig:
     vllm_dtype: str = field(
         default="auto",
         metadata={
-            "help": "vLLM weights dtype: auto (the loaded model's dtype), float32, bfloat16 (fastest on CPUs with "
-            "avx512_bf16/AMX and on GPUs), float16.",
+            "help": "vLLM weights dtype: auto (the loaded model's dtype), fastest (bfloat16 where the CPU has "
+            "avx512_bf16/AMX or the GPU bf16, else the model's dtype), float32, bfloat16, float16.",
             "choices": VLLM_DTYPES,
         },
     )
@@ -62,9 +62,9 @@ class EngineConfig:
     vllm_block_size: int | None = field(
         default=None,
         metadata={
-            "help": "KV-cache block size in tokens (only full blocks are prefix-cached). Default: the engine's "
-            "(128 on CPU, 16 on GPU), 32 on CPU when a power_mh proposal runs (more of each kept prefix is cached). "
-            "CPU attention needs a multiple of 32.",
+            "help": "KV-cache block size in tokens (only full blocks are prefix-cached). Default: 32 on CPU (the "
+            "least vLLM's CPU attention takes: read-outs and power_mh proposals re-encode less), the engine's own on "
+            "a GPU (16). CPU attention needs a multiple of 32.",
             "choices": VLLM_BLOCK_SIZES,
         },
     )

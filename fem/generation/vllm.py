@@ -31,8 +31,8 @@ only the tail is encoded, and the ``[vocab]`` row is one tensor copy (no per-ent
 
 **power_mh.** The proposal drives this backend through ``generate`` with a ``stop_callback`` (it is not a
 ``SupportsCachedGeneration`` backend): the proposals of one MH step are requests of one batch (chains in lockstep), each
-from prompt + kept prefix, whose full KV blocks come from vLLM's prefix cache (32-token blocks on CPU when a power_mh
-proposal runs: ``from_configs``). ``Continuation.tokens_encoded`` is what vLLM computed (prefix length minus
+from prompt + kept prefix, whose full KV blocks come from vLLM's prefix cache (32-token blocks on CPU:
+``vllm_engine.options_from_configs``). ``Continuation.tokens_encoded`` is what vLLM computed (prefix length minus
 ``num_cached_tokens``), so a chain's re-encoded tokens count real work. **Exact early rejection** stays in fem's
 process: the in-process engine steps only when the backend asks, so after each step the callback sees each row's new
 token with complete statistics (one ``collective_rpc``, a direct call in-process) and a row whose partial ratio fell to

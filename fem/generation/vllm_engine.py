@@ -56,11 +56,11 @@ from vllm import LLM, envs
 from vllm.platforms import current_platform
 from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 
-from fem.generation.vllm_env import lora_rank_bound, vllm_problem
+from fem.generation.vllm_env import engine_dtype, lora_rank_bound, vllm_problem
 from fem.generation.vllm_stats import StatsTracker, StatsWorkerExtension
 
 DEFAULT_CPU_KV_CACHE_GIB = 1.0
-POWER_CPU_BLOCK_SIZE = 32  # KV block size on CPU when a power_mh proposal runs (the smallest vLLM's CPU kernels take)
+CPU_BLOCK_SIZE = 32  # fem's KV block size on CPU (the smallest vLLM's CPU kernels take; vLLM's own default is 128)
 
 
 @dataclass
@@ -85,14 +85,16 @@ class EngineOptions:
 
 def options_from_configs(configs: Any, model: Any) -> EngineOptions:
     """The engine options a recipe asks for: its ``vllm_*`` keys, the LoRA rank and target modules of its M-step,
-    and on CPU 32-token KV blocks when a power_mh proposal runs (proposals re-read the kept prefix of a chain: the
-    smaller the block, the more of it the prefix cache holds; 32 is the least vLLM's CPU kernels take)."""
+    and on CPU 32-token KV blocks unless the recipe sets ``vllm_block_size`` (only full blocks are prefix-cached: a
+    forced read-out re-encodes less than a block of its prompt, a power_mh proposal less than a block of its kept
+    prefix; 32 is the least vLLM's CPU kernels take, and decoding measured no slower than with vLLM's 128)."""
     e = configs.engine
     block_size = e.vllm_block_size
-    if block_size is None and current_platform.is_cpu() and uses_power_mh(configs):
-        block_size = POWER_CPU_BLOCK_SIZE
+    if block_size is None and current_platform.is_cpu():
+        block_size = CPU_BLOCK_SIZE
+    model_dtype = str(next(model.parameters()).dtype) if model is not None else configs.model.dtype
     return EngineOptions(
-        dtype=e.vllm_dtype,
+        dtype=engine_dtype(e.vllm_dtype, model_dtype),
         max_model_len=e.vllm_max_model_len,
         kv_cache_gib=e.vllm_kv_cache_gib,
         gpu_memory_utilization=e.vllm_gpu_memory_utilization,
@@ -105,12 +107,6 @@ def options_from_configs(configs: Any, model: Any) -> EngineOptions:
         lora_target_modules=lora_module_names(model, configs.model.lora_target_modules),
         seed=configs.mstep.seed,
     )
-
-
-def uses_power_mh(configs: Any) -> bool:
-    """Whether the run draws with power_mh (E-step or an evaluated proposal): its proposals re-read kept prefixes."""
-    labels = [configs.proposal.proposal, configs.eval.eval_proposal or "", *configs.eval.proposal_list]
-    return any(label.partition(":")[0] == "power_mh" for label in labels)
 
 
 def lora_module_names(model: Any, targets: Any) -> tuple[str, ...]:

@@ -79,6 +79,20 @@ def vllm_problem(dtype: str = "auto", block_size: int | None = None) -> tuple[st
     return None
 
 
+def engine_dtype(requested: str, model_dtype: str | None) -> str:
+    """The dtype an engine runs in: ``auto`` follows the loaded model; ``fastest`` is bfloat16 where the hardware
+    computes it (a GPU with bf16, a CPU with avx512_bf16 or AMX) and the model's dtype elsewhere."""
+    model_dtype = str(model_dtype or "float32").removeprefix("torch.")
+    if model_dtype == "auto":
+        model_dtype = "float32"
+    if requested == "auto":
+        return model_dtype
+    if requested == "fastest":
+        bf16 = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else has_bf16_instructions()
+        return "bfloat16" if bf16 else model_dtype
+    return requested
+
+
 def has_bf16_instructions() -> bool:
     """Whether this CPU computes bf16 in hardware (what makes ``vllm_dtype: bfloat16`` pay on CPU)."""
     return bool(cpu_flags() & BF16_FLAGS)

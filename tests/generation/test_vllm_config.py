@@ -113,3 +113,14 @@ def test_lora_rank_bound_rounds_up_to_what_vllm_accepts():
     assert [vllm_env.lora_rank_bound(r) for r in (1, 4, 8, 9, 16, 33)] == [1, 8, 8, 16, 16, 64]
     with pytest.raises(ValueError):
         vllm_env.lora_rank_bound(1000)
+
+
+def test_engine_dtype_auto_follows_the_model_and_fastest_the_hardware(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert vllm_env.engine_dtype("auto", "torch.bfloat16") == "bfloat16"
+    assert vllm_env.engine_dtype("auto", None) == "float32"
+    assert vllm_env.engine_dtype("float16", "float32") == "float16"
+    monkeypatch.setattr(vllm_env, "cpu_flags", lambda: {"avx2", "avx512f"})
+    assert vllm_env.engine_dtype("fastest", "float32") == "float32"
+    monkeypatch.setattr(vllm_env, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert vllm_env.engine_dtype("fastest", "float32") == "bfloat16"

@@ -56,18 +56,18 @@ def test_build_backend_passes_the_recipe_engine_keys(tmp_path, monkeypatch, vllm
     )
     assert options.enable_prefix_caching and options.enforce_eager and options.in_process
     # LoRA wraps the layers adapters train (all-linear: every linear layer but lm_head, whose LoRA would cost a
-    # vocabulary-wide product per token); no power_mh proposal: the engine's own KV block size
+    # vocabulary-wide product per token); 32-token KV blocks on CPU unless the recipe says otherwise
     assert "q_proj" in options.lora_target_modules and "lm_head" not in options.lora_target_modules
-    assert options.block_size is None
-    power = build_backend(
+    assert options.block_size == 32
+    other = build_backend(
         "vllm",
         hf_ref.model,
         hf_ref.tokenizer,
-        configs=_configs(tmp_path, vllm_model_dir, "--proposal", "power_mh", "--lora_target_modules", "q_proj"),
+        configs=_configs(tmp_path, vllm_model_dir, "--vllm_block_size", "64", "--lora_target_modules", "q_proj"),
         model_dir=lambda: str(vllm_model_dir),
     )
-    assert seen["options"].block_size == 32 and seen["options"].lora_target_modules == ("q_proj",)
-    assert isinstance(power, vllm_module.VLLMBackend)
+    assert seen["options"].block_size == 64 and seen["options"].lora_target_modules == ("q_proj",)
+    assert isinstance(other, vllm_module.VLLMBackend)
 
 
 def test_forced_estep_draw_on_vllm_reads_the_hf_probabilities(tmp_path, vllm_backend, vllm_model_dir, hf_ref):
