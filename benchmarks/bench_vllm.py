@@ -56,7 +56,7 @@ def run_model(label: str, source: str, dtype: str, batches: list[int], max_new: 
     from fem.generation.base import SamplingParams
     from fem.generation.hf import HFBackend
     from fem.generation.vllm import VLLMBackend
-    from fem.generation.vllm_engine import EngineOptions, lora_module_names
+    from fem.generation.vllm_engine import CPU_BLOCK_SIZE, EngineOptions, lora_module_names
     from fem.models import hf_model_dir, load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(source, dtype=dtype)
@@ -65,7 +65,12 @@ def run_model(label: str, source: str, dtype: str, batches: list[int], max_new: 
     roof_tps = C.matmul_gflops(dtype)["gflops_best"] * 1e9 / (2 * params)
     hf = HFBackend(model, tok)
     started = time.perf_counter()
-    options = EngineOptions(dtype=dtype, kv_cache_gib=1.0, lora_target_modules=lora_module_names(model, "all-linear"))
+    options = EngineOptions(
+        dtype=dtype,
+        kv_cache_gib=1.0,
+        lora_target_modules=lora_module_names(model, "all-linear"),
+        block_size=None if torch.cuda.is_available() else CPU_BLOCK_SIZE,
+    )
     engine = VLLMBackend(model, tok, model_dir=folder, options=options)  # as a recipe's (LoRA on, lm_head without)
     engine_start_s = time.perf_counter() - started
     calls = iter(range(1, 10**6))
@@ -154,7 +159,7 @@ def measure(args: argparse.Namespace) -> C.Measured:
             "new_tokens": max_new,
             "threads": 1,
             "vllm": "in-process engine as a recipe builds it: enforce_eager, prefix caching (unseen prompts), LoRA on "
-            "(all linear layers but lm_head, no adapter loaded), kv 1 GiB, block 128",
+            "(all linear layers but lm_head, no adapter loaded), kv 1 GiB, 32-token blocks on CPU",
             "bf16_skipped_no_cpu_support": skipped,
         },
         results=rows,

@@ -10,16 +10,18 @@ from typing import Any
 
 from _common import COLUMNS  # benchmarks/ is on sys.path: fem bench runs this file as a script
 
-ORDER = ["exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em"]
+ORDER = ["exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em", "vllm", "vllm_estep"]
 TITLES = {
     "exactness": "1. Exactness: TV to the exact p^alpha on table LMs",
     "mixing": "2. Mixing versus decisions (stylized decision model)",
     "throughput": "3. E-step throughput (hf backend vs a generate loop, roofline)",
-    "power_cost": "4. Power-sampling cost per MH step (vs the reference loop)",
+    "power_cost": "4. Power-sampling cost per MH step (hf and vLLM backends vs the reference loop)",
     "quality": "5. Quality at equal compute",
     "memory": "6. Memory",
     "mstep": "7. M-step overhead (vs plain TRL SFTTrainer + LoRA)",
     "em": "8. EM schemes",
+    "vllm": "9. vLLM backend decoding (vs the hf backend and a generate loop, roofline)",
+    "vllm_estep": "10. The demo's judge E-step end to end, hf vs vLLM backend",
 }
 
 

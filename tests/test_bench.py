@@ -10,7 +10,7 @@ from helpers import run_fem
 def test_bench_list():
     res = run_fem("bench", "list", timeout=60)
     assert res.returncode == 0, res.stderr
-    for name in ("exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em"):
+    for name in ("exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em", "vllm"):
         assert name in res.stdout
 
 
@@ -55,7 +55,18 @@ def test_bench_core_arguments_reach_the_script_and_its_record(tmp_path):
     """`fem bench core` passes each section's own arguments (here throughput's fp32-only) and the JSON names them."""
     from fem.commands.bench import CORE
 
-    assert list(CORE) == ["exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em"]
+    assert list(CORE) == [
+        "exactness",
+        "mixing",
+        "throughput",
+        "power_cost",
+        "quality",
+        "memory",
+        "mstep",
+        "em",
+        "vllm",
+        "vllm_estep",
+    ]
     res = run_fem("bench", "throughput", "--quick", *CORE["throughput"], "--out", str(tmp_path), timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     record = json.loads((tmp_path / "throughput.json").read_text())

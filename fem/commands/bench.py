@@ -40,6 +40,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "memory": ("bench_memory.py", "peak RSS of the E-step, power_mh (64 chains) and one M-step"),
     "mstep": ("bench_mstep.py", "fem M-step vs a plain TRL SFTTrainer + LoRA script, tokens/s"),
     "em": ("bench_em.py", "EM schemes (rejection, STaR, PPS): acceptance, kept samples, eval accuracy"),
+    "vllm": ("bench_vllm.py", "decoding tokens/s of the vllm backend vs hf vs a generate loop, fp32/bf16, roofline"),
+    "vllm_estep": ("bench_vllm_estep.py", "the demo's judge E-step end to end, hf vs vllm backend"),
 }
 # group -> {benchmark: its extra arguments}; the order is the order of the run and of BENCHMARKS.md
 ALL: dict[str, list[str]] = {n: [] for n in BENCHMARKS}
@@ -50,6 +52,8 @@ CORE: dict[str, list[str]] = {
     "throughput": ["--dtypes", "float32"],
     "quality": ["--gsm8k", "0"],
     "em": ["--no-smollm2"],
+    "vllm": ["--batches", "1", "32"],
+    "vllm_estep": ["--examples", "16"],
 }
 GROUPS = {"all": ALL, "core": CORE}
 
