@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("fem.generation", "fem.tasks"),
     ("fem.proposals",),
     ("fem.drawing", "fem.readout", "fem.testing"),
-    ("fem.models", "fem.estep", "fem.eval", "fem.mstep", "fem.report"),
+    ("fem.models", "fem.estep", "fem.eval", "fem.mstep", "fem.report", "fem.tracking"),
     ("fem.runtime", "fem.preflight"),
     ("fem.loop",),
     ("fem.commands",),
