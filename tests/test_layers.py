@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("fem.proposals",),
     ("fem.drawing", "fem.readout", "fem.testing"),
     ("fem.models", "fem.estep", "fem.eval", "fem.mstep", "fem.report", "fem.tracking"),
-    ("fem.runtime", "fem.preflight"),
+    ("fem.runtime", "fem.preflight", "fem.export"),
     ("fem.loop",),
     ("fem.commands",),
     ("fem.cli",),
