@@ -173,3 +173,52 @@ def test_gguf_base_is_merged_from_its_dequantised_weights(tmp_path):
     assert fem_export(str(run), "--out", str(adapter_out)) == 0
     assert json.loads((adapter_out / "adapter_config.json").read_text())["base_model_name_or_path"] == SMOLLM2_HUB_ID
     assert "slightly different model" in (adapter_out / "README.md").read_text()
+
+
+# ------------------------------------------------------------------------------- vllm: the merged folder as is
+VLLM_SCRIPT = """
+import json, sys
+from vllm import LLM, SamplingParams
+if __name__ == "__main__":
+    folder, prompts = sys.argv[1], json.loads(sys.argv[2])
+    llm = LLM(model=folder, dtype="float32", max_model_len=256, enforce_eager=True, gpu_memory_utilization=0.08)
+    params = SamplingParams(max_tokens=8, temperature=0.0)
+    outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompts], params)
+    chat = llm.get_tokenizer().apply_chat_template([{"role": "user", "content": "q"}], tokenize=False)
+    print("RESULT " + json.dumps({"tokens": [list(o.outputs[0].token_ids) for o in outputs], "chat": chat}))
+"""
+
+
+@pytest.mark.vllm
+def test_vllm_loads_the_merged_export_as_is(tmp_path):
+    """vLLM (no fem, no PEFT) serves the merged folder: same greedy tokens as transformers, the chat template is
+    the run's. A tiny model of hidden size 128 (head size 32: vLLM's CPU attention needs >= 32)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("vllm")
+    from fem.models import load_model_and_tokenizer
+    from fem.testing.tiny import save_tiny_model
+
+    base_dir = save_tiny_model(tmp_path / "tiny128", hidden_size=128)
+    model, tokenizer = load_model_and_tokenizer(str(base_dir))
+    run = synthetic_run(tmp_path / "run", str(base_dir), model, tokenizer)
+    out = tmp_path / "merged"
+    assert fem_export(str(run), "--out", str(out), "--merge") == 0
+    merged, tokenizer = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    prompts = [encoded(tokenizer, p)["input_ids"][0].tolist() for p in PROMPTS]
+    expected = []
+    for ids in prompts:
+        with torch.no_grad():
+            full = merged.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0].tolist()
+        expected.append(full[len(ids) :])
+    script = tmp_path / "serve.py"
+    script.write_text(VLLM_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(out), json.dumps(prompts)], capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert got["chat"] == tokenizer.apply_chat_template([{"role": "user", "content": "q"}], tokenize=False)
+    eos = tokenizer.eos_token_id
+    assert [t[: t.index(eos) + 1] if eos in t else t for t in expected] == got["tokens"]
