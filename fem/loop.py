@@ -3,7 +3,8 @@
 ``EMRunner`` follows a recipe protocol: ``setup`` / ``run`` / ``run_round`` / ``evaluate`` / ``save_state``.
 Every phase's output is on disk before ``state.json`` says it is done, so a killed run resumes where it was:
 a finished round is never redone, a half-finished E-step keeps its finished chunks, an interrupted M-step or
-eval restarts.
+eval restarts. Each ``metrics.jsonl`` line and the M-step's training logs also go to the trackers ``report_to``
+names (``fem.tracking``: main process only, each point once across resumptions).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import SMOKE_RECIPE
 
+from fem.commands.train import trackers_plan
 from fem.errors import ConfigError
 from fem.tracking import LEDGER_FILE, RunTracker, report_to_names, trainer_report_to
 
@@ -57,6 +58,11 @@ def test_report_to_names_are_checked_and_split():
     assert trainer_report_to(["tensorboard", "mlflow", "trackio"]) == ["mlflow"]
     with pytest.raises(ConfigError, match="report_to.*tensorbored"):
         report_to_names(["tensorbored"])
+    assert (
+        trackers_plan(["mlflow", "tensorboard"])
+        == "tensorboard (rounds + M-step, one run); mlflow (each round's trainer only)"
+    )
+    assert trackers_plan([]) == "none"
 
 
 def test_unknown_tracker_fails_before_any_model_loads(tmp_path, capsys):
