@@ -5,6 +5,8 @@ from fem.tasks import build_task
 from fem.tasks.answering import score_completions, training_completion
 from fem.tasks.check import run_checks
 
+pytestmark = pytest.mark.usefixtures("code_sandbox")
+
 
 @pytest.fixture(scope="module")
 def humaneval():
