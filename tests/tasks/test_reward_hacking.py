@@ -32,12 +32,13 @@ def test_exiting_with_status_zero_before_the_tests_earns_nothing(trick):
 @pytest.mark.usefixtures("code_sandbox")
 @pytest.mark.parametrize("name", ["humaneval", "mbpp"])
 def test_a_correct_program_that_exits_with_a_non_zero_status_earns_nothing(name):
+    """Its answers are right and everything it printed is flushed; only its exit status says it failed."""
     task = build_task(TaskConfig(task=name, eval_limit=1))
     example = task.load("eval")[0]
     assert task.reward(example.answer, example) == 1.0
     for tail in (
-        "import atexit, os\natexit.register(os._exit, 3)\n",
-        "import os, threading\nthreading.Timer(0.2, os._exit, (4,)).start()\n",
+        "import atexit, os, sys\natexit.register(lambda: (sys.stdout.flush(), os._exit(3)))\n",
+        "import os, sys, threading\nthreading.Timer(0.2, lambda: (sys.stdout.flush(), os._exit(4))).start()\n",
     ):
         assert task.reward(example.answer + "\n" + tail, example) == 0.0, tail
 
