@@ -1,6 +1,6 @@
 """Completions that try to pass without passing: early successful exits earn nothing, a correct program that exits
 with a non-zero status earns nothing (the reward counts the program's exit status); truncated answers are unparsed.
-The reward hacks that need the sandbox's isolation are in tests/reliability/test_reward_hacking.py."""
+The reward hacks that need the sandbox's isolation are in tests/reliability/test_reward_hacks.py."""
 
 from __future__ import annotations
 
