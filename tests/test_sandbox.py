@@ -27,7 +27,7 @@ from fem.tasks import build_task
 from fem.tasks import code as code_module
 from fem.tasks.check import run_checks
 
-FAST = SandboxConfig(timeout_s=3, cpu_s=3, memory_mb=512)
+FAST = SandboxConfig(timeout_s=10, cpu_s=3, memory_mb=512)  # a ceiling: tests that expect a timeout set their own
 
 
 @pytest.fixture(params=["bwrap", "fallback"])
