@@ -8,8 +8,9 @@ Contract:
   then report to the other names only (``trainer_report_to``), whose logs restart at step 0 each round, as before.
   An unknown name is a ``ConfigError`` before any compute; a tracker that cannot start, or fails later, is dropped
   with one warning line and the run goes on.
-- Round metrics: numbers as scalars, strings as text, a list of rows (the eval's reliability table) as a table
-  (a markdown table in TensorBoard's text tab, ``wandb.Table``, ``trackio.Table``); the step is the round (the
+- Round metrics: numbers as scalars, strings as text, a mapping of numbers as ``key/name`` scalars, a list of rows
+  (the eval's reliability table) or a mapping of rows (accuracy by confidence bucket) as a table (a markdown table
+  in TensorBoard's text tab, ``wandb.Table``, ``trackio.Table``); ``None`` is left out. The step is the round (the
   baseline is ``-1``). W&B has one step counter per run, so there the rounds are the custom step metric ``round``
   and the M-step logs ``train/global_step`` (``define_metric``), as transformers' own W&B callback does.
 - M-step logs (``train/loss``, ``train/grad_norm``, ...): optimizer step ``s`` of round ``k`` is global step
@@ -227,10 +228,14 @@ class RunTracker:
         for key, value in line.items():
             if key == "round":
                 continue
+            if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+                value = [{"key": k, **v} for k, v in value.items()]  # e.g. accuracy by confidence bucket
             if (number := _number(value)) is not None:
                 values[key] = number
             elif isinstance(value, str):
                 values[key] = value
+            elif isinstance(value, dict):
+                values.update({f"{key}/{k}": n for k, v in value.items() if (n := _number(v)) is not None})
             elif _is_table(value) and (table := self._table(name, value)) is not None:
                 values[key] = table
         return values

@@ -25,7 +25,15 @@ RELIABILITY = [
     {"lo": 0.9, "hi": 1.0, "count": 5, "confidence": 0.95, "accuracy": 0.8, "gap": -0.15},
 ]
 LINES = [
-    {"round": -1, "eval/accuracy": 0.25, "eval/proposal": "ancestral", "eval/reliability": RELIABILITY},
+    {
+        "round": -1,
+        "eval/accuracy": 0.25,
+        "eval/proposal": "ancestral",
+        "eval/reliability": RELIABILITY,
+        "eval/by_bucket": {"high": {"n": 3, "accuracy": 0.5}, "low": {"n": 1, "accuracy": 1.0}},
+        "eval/pass": {"1": 0.5, "4": 0.75},
+        "eval/ece": None,
+    },
     {"round": 0, "eval/accuracy": 0.5, "estep/acceptance_rate": 0.4, "mstep/steps": 3, "mstep/skipped": False},
 ]
 
@@ -88,6 +96,8 @@ def test_round_metrics_text_and_tables_in_tensorboard(tmp_path):
     assert table.splitlines()[0] == "| lo | hi | count | confidence | accuracy | gap |"
     assert "| 0.9 | 1 | 5 | 0.95 | 0.8 | -0.15 |" in table
     assert points["eval/proposal/text_summary"][0][2] == "ancestral"
+    assert points["eval/by_bucket/text_summary"][0][2].splitlines()[2:] == ["| high | 3 | 0.5 |", "| low | 1 | 1 |"]
+    assert [v for *_, v in points["eval/pass/4"]] == [0.75] and "eval/ece" not in points
     assert steps(points, "train/loss") == [1]
 
 
