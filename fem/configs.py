@@ -21,6 +21,7 @@ SCHEMES = ("rejection", "star", "pps")
 CUTS = ("uniform", "entropy")
 ANSWER_MODES = ("generate", "forced")
 TIE_POLICIES = ("drop", "third")
+DATA_FORMATS = ("auto", "fields", "preference")
 
 
 def _check(condition: bool, field_name: str, message: str, fix: str) -> None:
@@ -79,11 +80,24 @@ class TaskConfig:
     tie_policy: str = field(
         default="drop", metadata={"help": "Pairwise data with ties: drop them, or keep them as a third verdict."}
     )
+    data_format: str = field(
+        default="auto",
+        metadata={
+            "help": "Layout of train_file / eval_file: preference (TRL's prompt/chosen/rejected or implicit-prompt "
+            "chosen/rejected, strings or message lists; pairwise tasks), fields (columns mapped by task_fields), or "
+            "auto (preference when the rows have chosen and rejected and no task_fields are given)."
+        },
+    )
+    preference_seed: int = field(
+        default=0,
+        metadata={"help": "Seed of the per-example coin that puts the chosen response in position A or B."},
+    )
 
     def __post_init__(self) -> None:
         _check(bool(self.task), "task", "is empty", "name a task, e.g. task: gsm8k (see `fem tasks list`)")
         _check_choice(self.answer_mode, ANSWER_MODES, "answer_mode")
         _check_choice(self.tie_policy, TIE_POLICIES, "tie_policy")
+        _check_choice(self.data_format, DATA_FORMATS, "data_format")
         for name in ("train_limit", "eval_limit"):
             value = getattr(self, name)
             _check(

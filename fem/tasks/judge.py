@@ -80,6 +80,7 @@ class PairwiseTask(DataTask):
     )  # an empty answer is a valid candidate
     first: ClassVar[str] = "response_a"
     second: ClassVar[str] = "response_b"
+    preference_fields: ClassVar[tuple[str, str, str] | None] = ("prompt", "response_a", "response_b")
 
     @property
     def allow_tie(self) -> bool:

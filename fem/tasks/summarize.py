@@ -45,6 +45,7 @@ class SummarizeTask(PairwiseTask):
     first: ClassVar[str] = "summary_a"
     second: ClassVar[str] = "summary_b"
     candidate_noun: ClassVar[str] = "Summary"
+    preference_fields: ClassVar[tuple[str, str, str] | None] = ("post", "summary_a", "summary_b")
     required_fields: ClassVar[tuple[str, ...]] = ("post", "summary_a", "summary_b", "label")
     plain_template: ClassVar[str] = "summarize.txt"
     hinted_template: ClassVar[str] = "summarize_hinted.txt"
