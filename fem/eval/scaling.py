@@ -20,7 +20,6 @@ from fem import calibration as C
 from fem.errors import FemError
 from fem.tasks.base import Example, Prediction, Task
 
-
 SCALED_METRICS = ("ece", "brier", "nll", "reliability", "mean_confidence")  # what a temperature changes
 
 
