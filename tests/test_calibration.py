@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fem import calibration as C
-from fem.eval import metrics as M
+from fem import metrics as M
 
 
 def test_nll_hand_computed_soft_and_clipped():

@@ -27,7 +27,7 @@ import random
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from fem.estep.base import PLAIN, Sample
+from fem.drawing import PLAIN, Sample
 from fem.tasks.base import Example
 
 TARGETS = ("readout", "plain_readout", "empirical")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from fem import calibration as C
-from fem.eval import metrics as M
+from fem import metrics as M
 
 from .base import Example, Prediction
 from .common import DataTask, group_by_example

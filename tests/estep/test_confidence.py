@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from fem.estep.base import HINTED, PLAIN, Sample
+from fem.drawing import HINTED, PLAIN, Sample
 from fem.estep.confidence import apply_confidence_targets, balance_records, empirical_target
 from fem.proposals.base import Cost, Trace
 from fem.tasks.base import Example, Prediction
