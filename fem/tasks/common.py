@@ -121,6 +121,9 @@ class DataTask(Task):
                 records.append(record)
         return records
 
+    def data_format(self, split: str) -> str | None:
+        return self.data_formats.get(normalize_split(split))
+
     def read_user_file(self, path: Path, split: str, fields: dict[str, str], kwargs: dict[str, Any]) -> list[Record]:
         """The user's file of ``split``: TRL preference rows (``data_format`` preference, or auto-detected) or
         columns mapped by ``task_fields``. Records how it was read in ``data_formats[split]``."""
@@ -131,12 +134,13 @@ class DataTask(Task):
                 field="data_format",
                 fix="use a pairwise task (judge*, summarize) or data_format: fields",
             )
+        columns = "columns mapped by task_fields" if self.config.task_fields else "the task's own column names"
         if fmt == "fields" or self.preference_fields is None:
-            self.data_formats[split] = "fields"
+            self.data_formats[split] = columns
             return load_records(path, fields, self.required_fields, **kwargs)
         rows, where = read_rows(path)
         if fmt == "auto" and (self.config.task_fields or not is_preference_row(rows[0])):
-            self.data_formats[split] = "fields"
+            self.data_formats[split] = columns
             return load_records(path, fields, self.required_fields, **kwargs)
         context, first, second = self.preference_fields
         records, shape = preference_records(

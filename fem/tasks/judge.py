@@ -77,6 +77,7 @@ class PairwiseTask(DataTask):
     """Shared by the judge and summarization tasks: A/B verdicts with a confidence."""
 
     answer_cue: ClassVar[str] = "Verdict:"
+    pairwise: ClassVar[bool] = True
     answer_markers: ClassVar[tuple[str, ...]] = ("Verdict:", "Confidence:")
     label_field: ClassVar[str | None] = "label"
     allow_empty: ClassVar[tuple[str, ...]] = (
@@ -120,13 +121,11 @@ class PairwiseTask(DataTask):
     def answer_text(self, example: Example) -> str:
         return f" {example.answer}"
 
+    confidence_cue: ClassVar[str] = "\nConfidence:"
+
     def confidence_text(self, confidence: float) -> str:
         """The confidence line written after the verdict in a training completion."""
-        return f"\nConfidence: {round(100 * min(max(confidence, 0.0), 1.0))}%"
-
-    def target_distribution(self, example: Example) -> dict[str, float]:
-        """What a calibrated judge's option probabilities should match: the gold verdict, one-hot."""
-        return {o: float(o == example.answer) for o in self.options(example)}
+        return f"{self.confidence_cue} {round(100 * min(max(confidence, 0.0), 1.0))}%"
 
     def wrong_answer_text(self, example: Example) -> str:
         return f" {flip(example.answer) if example.answer != TIE else 'A'}"

@@ -67,8 +67,8 @@ def test_each_shape_reads_without_field_mapping(shape, tmp_path):
         assert e.answer == ("A" if chosen_in_a else "B")
         assert (e.fields["response_a"], e.fields["response_b"]) == ((c, r) if chosen_in_a else (r, c))
     kind = "conversational" if "conversational" in shape else "standard"
-    assert task.data_formats["train"].startswith(f"preference ({kind}, {shape.split('_')[0]} prompt")
-    assert "detected" in task.data_formats["train"]
+    assert task.data_format("train").startswith(f"preference ({kind}, {shape.split('_')[0]} prompt")
+    assert "detected" in task.data_format("train")
     assert "Response A:" in task.prompt(examples[0])[-1]["content"]
 
 
@@ -149,7 +149,7 @@ def test_format_choice_and_tasks_without_pairs(tmp_path):
     with pytest.raises(DataError, match="not in TRL's preference format"):
         judge(plain, data_format="preference").load("train")
     task = judge(plain)  # auto: no chosen/rejected -> the task's own fields
-    assert task.load("train")[0].answer == "A" and task.data_formats["train"] == "fields"
+    assert task.load("train")[0].answer == "A" and task.data_format("train") == "the task's own column names"
     mapped = judge(path, task_fields={"prompt": "prompt", "response_a": "chosen", "response_b": "rejected"})
     with pytest.raises(DataError, match="missing value for 'label'"):  # task_fields given: the user's mapping rules
         mapped.load("train")
