@@ -24,7 +24,7 @@ excess is dropped, chosen by a seeded shuffle, and marked ``reason: "balance"``)
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from fem.drawing import PLAIN, Sample
@@ -65,11 +65,11 @@ def apply_confidence_targets(
     target: str,
     samples: int,
     prior: float,
-    options: Sequence[Sequence[str]],
+    options: Callable[[Example], Sequence[str] | None],
     seed: int,
 ) -> None:
     """Set ``target_confidence`` and rebuild the completion of every kept sample in ``draws`` (one list per
-    example, ``options[i]`` the answer options of example ``i``); ``empirical`` may append plain draws."""
+    example; ``options(example)``: its answer options); ``empirical`` may append plain draws."""
     if target not in TARGETS:
         raise ValueError(f"unknown confidence target '{target}' (one of {', '.join(TARGETS)})")
     rows = [i for i, row in enumerate(draws) if any(s.kept for s in row)]
@@ -84,7 +84,7 @@ def apply_confidence_targets(
         for i in rows:
             plain = [s for s in draws[i] if s.origin == PLAIN][:samples]
             k = sum(draw_success(s) for s in plain)
-            values[i] = empirical_target(k, len(plain), max(len(options[i]), 1), prior)
+            values[i] = empirical_target(k, len(plain), max(len(options(draws[i][0].example) or ()), 1), prior)
     for i in rows:
         for s in draws[i]:
             if not s.kept:

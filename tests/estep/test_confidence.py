@@ -49,6 +49,10 @@ class Drawer:
 EXAMPLES = [Example("x", "A"), Example("y", "B"), Example("z", "A")]
 
 
+def OPTIONS(example):
+    return ["A", "B"]
+
+
 def hinted_round(drawer, keep=(True, True, False)):
     draws = drawer.draw(EXAMPLES, HINTED, 2, seed=0)
     for row, k in zip(draws, keep):
@@ -60,9 +64,7 @@ def test_plain_readout_trains_the_plain_probability():
     drawer = Drawer(p_plain={"x": 0.5, "y": 0.5, "z": 0.5}, readout={"x": 0.6, "y": 0.25, "z": 0.9})
     draws = hinted_round(drawer)
     assert draws[0][0].kept and draws[0][0].completion.endswith("Confidence: 97%")  # the hinted read-out
-    apply_confidence_targets(
-        draws, drawer, target="plain_readout", samples=4, prior=1.0, options=[["A", "B"]] * 3, seed=0
-    )
+    apply_confidence_targets(draws, drawer, target="plain_readout", samples=4, prior=1.0, options=OPTIONS, seed=0)
     assert draws[0][0].completion.endswith("Verdict: A\nConfidence: 60%") and draws[0][0].target_confidence == 0.6
     assert draws[1][0].completion.endswith("Verdict: B\nConfidence: 25%")
     assert draws[2][0].completion.endswith("Confidence: 97%")  # not kept: untouched
@@ -71,7 +73,7 @@ def test_plain_readout_trains_the_plain_probability():
 def test_readout_keeps_the_draws_own_probability():
     drawer = Drawer(p_plain={"x": 0.5, "y": 0.5, "z": 0.5}, readout={"x": 0.6, "y": 0.25, "z": 0.9})
     draws = hinted_round(drawer)
-    apply_confidence_targets(draws, drawer, target="readout", samples=4, prior=1.0, options=[["A", "B"]] * 3, seed=0)
+    apply_confidence_targets(draws, drawer, target="readout", samples=4, prior=1.0, options=OPTIONS, seed=0)
     assert draws[0][0].target_confidence == pytest.approx(0.97) and drawer.calls == [(HINTED, ["x", "y", "z"], 2)]
 
 
@@ -81,7 +83,7 @@ def test_empirical_is_the_smoothed_expected_success_of_plain_draws():
     assert empirical_target(0, 0, 2, 1.0) == 0.5
     drawer = Drawer(p_plain={"x": 0.8, "y": 0.3, "z": 0.5}, readout={"x": 0.6, "y": 0.25, "z": 0.9})
     draws = hinted_round(drawer)
-    apply_confidence_targets(draws, drawer, target="empirical", samples=4, prior=1.0, options=[["A", "B"]] * 3, seed=0)
+    apply_confidence_targets(draws, drawer, target="empirical", samples=4, prior=1.0, options=OPTIONS, seed=0)
     # four fresh plain draws for the two examples with a kept sample only, recorded but never kept
     assert drawer.calls[1] == (PLAIN, ["x", "y"], 4)
     assert [s.reason for s in draws[0][2:]] == ["confidence"] * 4 and not any(s.kept for s in draws[0][2:])
@@ -97,13 +99,13 @@ def test_empirical_reuses_the_schemes_plain_draws():
     draws = drawer.draw(EXAMPLES, PLAIN, 4, seed=0)  # rejection / STaR made four plain draws already
     for row in draws:
         row[0].kept = True
-    apply_confidence_targets(draws, drawer, target="empirical", samples=4, prior=1.0, options=[["A", "B"]] * 3, seed=0)
+    apply_confidence_targets(draws, drawer, target="empirical", samples=4, prior=1.0, options=OPTIONS, seed=0)
     assert len(drawer.calls) == 1 and all(len(row) == 4 for row in draws)
     # generate-mode draws (no read-out): the 0/1 rewards are counted
     for s in draws[2]:
         s.prediction.info = {}
     draws[2][0].kept = True
-    apply_confidence_targets(draws, drawer, target="empirical", samples=4, prior=1.0, options=[["A", "B"]] * 3, seed=0)
+    apply_confidence_targets(draws, drawer, target="empirical", samples=4, prior=1.0, options=OPTIONS, seed=0)
     assert draws[2][0].target_confidence == pytest.approx((sum(s.reward for s in draws[2]) + 1) / 6)
 
 
