@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fem import calibration as C
-from fem.errors import FemError
+from fem.errors import ConfigError, FemError
 from fem.tasks.base import Example, Prediction, Task
 
 SCALED_METRICS = ("ece", "brier", "nll", "reliability", "mean_confidence")  # what a temperature changes
@@ -83,6 +83,24 @@ def apply(
         info = {**(p.info or {}), "unscaled_confidence": p.confidence, "temperature": temperature}
         out[i] = dataclasses.replace(p, confidence=scaled, info=info)
     return out
+
+
+def _content(example: Example) -> frozenset[str]:
+    """What makes two examples the same item whatever their ids and candidate order."""
+    return frozenset(str(v) for k, v in example.fields.items() if k != "swapped_from" and isinstance(v, str) and v)
+
+
+def check_disjoint(calibration: Sequence[Example], evaluation: Sequence[Example]) -> None:
+    """The calibration split must not hold an eval item (in either candidate order): a temperature fitted on the
+    eval split would flatter the baseline."""
+    seen = {_content(e) for e in evaluation}
+    shared = sorted({e.id for e in calibration if _content(e) in seen})
+    if shared:
+        raise ConfigError(
+            f"{len(shared)} temperature-scaling calibration examples are also in the eval split (e.g. {shared[0]})",
+            field="train_file",
+            fix="use a train_file disjoint from eval_file (the shipped splits are disjoint)",
+        )
 
 
 def temperature_scaling_metrics(
