@@ -10,7 +10,7 @@ from typing import Any
 
 from _common import COLUMNS  # benchmarks/ is on sys.path: fem bench runs this file as a script
 
-ORDER = ["exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em"]
+ORDER = ["exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em", "calibration"]
 TITLES = {
     "exactness": "1. Exactness: TV to the exact p^alpha on table LMs",
     "mixing": "2. Mixing versus decisions (stylized decision model)",
@@ -20,6 +20,7 @@ TITLES = {
     "memory": "6. Memory",
     "mstep": "7. M-step overhead (vs plain TRL SFTTrainer + LoRA)",
     "em": "8. EM schemes",
+    "calibration": "9. Judge calibration: confidence targets and temperature scaling",
 }
 
 

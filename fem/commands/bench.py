@@ -40,6 +40,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "memory": ("bench_memory.py", "peak RSS of the E-step, power_mh (64 chains) and one M-step"),
     "mstep": ("bench_mstep.py", "fem M-step vs a plain TRL SFTTrainer + LoRA script, tokens/s"),
     "em": ("bench_em.py", "EM schemes (rejection, STaR, PPS): acceptance, kept samples, eval accuracy"),
+    "calibration": (
+        "bench_calibration.py",
+        "judge calibration: confidence targets, balance/swap, vs temperature scaling (SmolLM2, 3 datasets)",
+    ),
 }
 # group -> {benchmark: its extra arguments}; the order is the order of the run and of BENCHMARKS.md
 ALL: dict[str, list[str]] = {n: [] for n in BENCHMARKS}
@@ -50,6 +54,17 @@ CORE: dict[str, list[str]] = {
     "throughput": ["--dtypes", "float32"],
     "quality": ["--gsm8k", "0"],
     "em": ["--no-smollm2"],
+    # LLMBar only, 10 training / 12 eval pairs (both ways), the balanced variant: ~10 min on 2 cores
+    "calibration": [
+        "--datasets",
+        "judge_llmbar",
+        "--train-pairs",
+        "10",
+        "--eval-pairs",
+        "12",
+        "--variants",
+        "balanced",
+    ],
 }
 GROUPS = {"all": ALL, "core": CORE}
 
