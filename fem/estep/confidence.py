@@ -121,17 +121,23 @@ def balance_records(records: list[dict[str, Any]], seed: int) -> tuple[list[dict
     by_gold: dict[str, list[int]] = {}
     for i in kept:
         by_gold.setdefault(str(records[i].get("gold")), []).append(i)
-    counts = {g: len(v) for g, v in sorted(by_gold.items())}
-    info: dict[str, Any] = {"kept_by_gold": counts, "dropped": 0, "balanced": len(counts) > 1}
-    if len(counts) < 2:
-        return records, info
-    floor = min(counts.values())
-    rng = random.Random(seed)
-    drop: set[int] = set()
-    for _, members in sorted(by_gold.items()):
-        order = sorted(members, key=lambda i: (records[i]["example_id"], records[i]["attempt"]))
-        rng.shuffle(order)
-        drop.update(order[floor:])
-    out = [{**r, "kept": False, "reason": "balance"} if i in drop else r for i, r in enumerate(records)]
-    info.update(dropped=len(drop), kept_by_gold=dict.fromkeys(counts, floor))
+    out = records
+    if len(by_gold) > 1:
+        floor = min(len(v) for v in by_gold.values())
+        rng = random.Random(seed)
+        drop: set[int] = set()
+        for _, members in sorted(by_gold.items()):
+            order = sorted(members, key=lambda i: (records[i]["example_id"], records[i]["attempt"]))
+            rng.shuffle(order)
+            drop.update(order[floor:])
+        out = [{**r, "kept": False, "reason": "balance"} if i in drop else r for i, r in enumerate(records)]
+    counts: dict[str, int] = {}
+    for r in out:
+        if r.get("kept"):
+            counts[str(r.get("gold"))] = counts.get(str(r.get("gold")), 0) + 1
+    info = {
+        "kept_by_gold": dict(sorted(counts.items())),
+        "dropped": sum(r.get("reason") == "balance" for r in out),  # this call's and any earlier call's
+        "balanced": len(by_gold) > 1,
+    }
     return out, info
