@@ -93,6 +93,9 @@ def run_estep(
     world.merge_rank_files(round_dir / PROGRESS, key=lambda p: p["chunk"])
     if balance_seed is not None and world.is_main:
         records, info = balance_records(read_jsonl(round_dir / SAMPLES), balance_seed)
+        targets_kept = [r["target_confidence"] for r in records if r["kept"] and r["target_confidence"] is not None]
+        if targets_kept:
+            info["mean_target_confidence"] = sum(targets_kept) / len(targets_kept)
         write_jsonl(round_dir / SAMPLES, records)
         atomic_write_json(round_dir / BALANCE, info)
     world.barrier()
@@ -156,6 +159,8 @@ def estep_metrics(round_dir: Path, world_size: int, *, num_examples: int) -> dic
         out["estep/balance_dropped"] = balance["dropped"]
         out["estep/kept_samples"] = total["kept"] - balance["dropped"]
         out.update({f"estep/kept_gold_{g}": n for g, n in balance["kept_by_gold"].items()})
+        if "mean_target_confidence" in balance:
+            out["estep/mean_target_confidence"] = balance["mean_target_confidence"]
     return out
 
 

@@ -158,5 +158,7 @@ def test_swap_draws_both_orders_and_balance_equalizes_kept_verdicts(tmp_path):
     assert gold.count("A") == gold.count("B") == unbalanced["estep/kept_gold_B"]
     assert balanced["estep/kept_samples"] == len(kept) and balanced["estep/balance_dropped"] > 0
     assert balanced["estep/kept_gold_A"] == balanced["estep/kept_gold_B"]
+    mean_target = sum(s["target_confidence"] for s in kept) / len(kept)
+    assert balanced["estep/mean_target_confidence"] == pytest.approx(mean_target)  # of what is trained
     resumed = run_estep(round_dir=tmp_path / "balanced", balance_seed=11, **kwargs)  # every chunk already done
     assert resumed == balanced and kept_samples(tmp_path / "balanced") == kept
