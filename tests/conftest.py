@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -12,6 +13,33 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    """Where bubblewrap cannot run, code rewards in the tests use the fallback sandbox (FEM_SANDBOX=auto); the
+    header says which sandbox they get, and containment tests that need bubblewrap skip, saying why."""
+    from fem.sandbox import ENV, bwrap_jail
+    from fem.sandbox.jail import Jail
+
+    if ENV not in os.environ and not isinstance(bwrap_jail(sys.executable), Jail):
+        os.environ[ENV] = "auto"
+
+
+def pytest_report_header(config):
+    from fem.sandbox import describe
+
+    return f"code sandbox: {describe()}"
+
+
+@pytest.fixture(scope="session")
+def code_sandbox():
+    """Skips a test that scores code when no sandbox can run here at all (no bubblewrap, and the fallback refused)."""
+    from fem.sandbox import describe
+
+    line = describe()
+    if line.startswith("REFUSED"):
+        pytest.skip(f"no code sandbox here: {line}")
+    return line
 
 
 @pytest.fixture(scope="session", autouse=True)
