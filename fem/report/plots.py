@@ -191,11 +191,11 @@ def _draw_reliability(ax: Any, name: str, confidences: list[float], targets: lis
     ax.plot(
         [r["confidence"] for r in mass],
         [r["accuracy"] for r in mass],
-        "s-",
+        "s",
         color="tab:green",
-        markersize=3,
-        linewidth=1,
-        label=f"{N_BINS} equal-mass bins",
+        markersize=4,
+        alpha=0.8,
+        label=f"{N_BINS} equal-mass bins (mean confidence, accuracy)",
     )
     ece, brier = M.ece(confidences, targets, N_BINS), M.brier(confidences, targets)
     ece_mass, nll = Cal.ece(confidences, targets, N_BINS, "mass"), Cal.nll(confidences, targets)
@@ -310,7 +310,7 @@ PLOTS: tuple[PlotSpec, ...] = (
         "Reliability diagrams",
         plot_reliability,
         "Stated confidence against the fraction of correct verdicts: 15 equal-width bins (bars, counts annotated) "
-        "and 15 equal-mass bins (green line); the title gives ECE of both binnings, Brier and NLL.",
+        "and 15 equal-mass bins (green squares); the title gives ECE of both binnings, Brier and NLL.",
     ),
     PlotSpec(
         "mh_acceptance",
