@@ -66,10 +66,10 @@ format:
 	$(VENV)/bin/ruff check --fix fem tests benchmarks
 	$(VENV)/bin/ruff format fem tests benchmarks
 
-bench:  ## every benchmark (~50 min on 2 CPU cores): JSON under benchmarks/results/, then BENCHMARKS.md
+bench:  ## every benchmark (~50 min on 2 CPU cores, plus ~1.6 h for the calibration study): JSON under benchmarks/results/, then BENCHMARKS.md
 	$(VENV)/bin/fem bench all --out benchmarks/results
 
-bench-core:  ## every section at a reduced size (< 20 min on 2 CPU cores; 13 min 49 s measured): fp32 throughput, stylized quality and EM
+bench-core:  ## every section at a reduced size (~20 min on 2 CPU cores: 13 min 49 s measured before the calibration section, estimated at ~6 min): fp32 throughput, stylized quality and EM, LLMBar calibration
 	$(VENV)/bin/fem bench core --out benchmarks/results
 
 clean:

@@ -15,8 +15,8 @@ import each other (tests/test_layers.py checks both, and that nothing imports in
     proposals/                   ancestral, power_mh, best_of_n (drive a backend; never know the task)
     generation/, tasks/          backends (protocols, hf); tasks (data, prompts, answers, rewards, metrics)
     recipe, state                recipe parsing into Configs; run state and resume
-    run_configs, metrics,        one command's Configs and their cross-checks; accuracy/ECE/pass@k...; untrusted
-      sandbox                      code
+    run_configs, metrics,        one command's Configs and their cross-checks; accuracy/ECE/pass@k...; NLL,
+      calibration, sandbox         equal-mass ECE, temperature fit, bootstrap intervals; untrusted code
     configs, trl_configs         the config dataclasses (fem's own; the TRL-based M-step and model configs)
     validation, registry         config checks from field metadata; name-or-dotted-path plug-in resolution
     errors, utils/               user-facing errors; io, logging, seeds, the process group (World)

@@ -18,6 +18,8 @@ import yaml
 from tqdm.auto import tqdm
 from trl import get_peft_config
 
+from fem.drawing import Sample
+from fem.estep.confidence import apply_confidence_targets
 from fem.estep.runner import kept_samples, run_estep
 from fem.estep.schemes import build_scheme
 from fem.eval.evaluate import EvalProgress, eval_examples, evaluate
@@ -73,6 +75,8 @@ class EMRunner:
         self.world.barrier()
         self.runtime = build_runtime(self.configs, self.world)
         self.train_examples = self.runtime.task.load("train")
+        if self.configs.estep.estep_position_swap:  # each pair also drawn with its candidates swapped
+            self.train_examples = self.runtime.task.with_swaps(self.train_examples)
         self.eval_examples = eval_examples(
             self.runtime.task, self.runtime.task.load("eval"), self.configs.eval.eval_position_swap
         )
@@ -163,13 +167,27 @@ class EMRunner:
     def estep(self, k: int, rdir: Path) -> dict[str, Any]:
         assert self.runtime is not None
         proposal = self.runtime.proposal()
+        drawer = self.runtime.drawer(proposal, sample_answers=True)
+        task, estep = self.runtime.task, self.configs.estep
+
+        def targets(draws: list[list[Sample]], seed: int) -> None:
+            apply_confidence_targets(
+                draws,
+                drawer,
+                target=estep.confidence_target,
+                samples=estep.confidence_samples,
+                prior=estep.confidence_prior,
+                options=task.options,
+                seed=seed,
+            )
+
         start = time.perf_counter()
         bar = tqdm(total=len(self.train_examples), desc=f"E-step round {k}", disable=not self.world.is_main)
         metrics = run_estep(
             round_index=k,
             examples=self.train_examples,
             scheme=build_scheme(self.configs.estep),
-            drawer=self.runtime.drawer(proposal, sample_answers=True),
+            drawer=drawer,
             proposal_name=proposal.name,
             round_dir=rdir,
             chunk_size=self.configs.proposal.generation_batch_size,
@@ -177,6 +195,8 @@ class EMRunner:
             world=self.world,
             save_rejected=self.configs.estep.save_rejected,
             progress_bar=bar,
+            targets=targets if task.confidence_cue else None,
+            balance_seed=derive_seed(self.seed, "balance", k) if estep.estep_balance else None,
         )
         bar.close()
         metrics["estep/wall_s"] = time.perf_counter() - start

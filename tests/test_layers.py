@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("fem", "fem.errors", "fem.utils"),
     ("fem.validation", "fem.registry"),
     ("fem.configs", "fem.trl_configs"),
-    ("fem.run_configs", "fem.metrics", "fem.sandbox"),
+    ("fem.run_configs", "fem.metrics", "fem.calibration", "fem.sandbox"),
     ("fem.recipe", "fem.state"),
     ("fem.generation", "fem.tasks"),
     ("fem.proposals",),

@@ -9,6 +9,7 @@ from fem.loop import EMRunner
 from fem.preflight import Preflight, preflight, print_plan
 from fem.recipe import parse_configs
 from fem.run_configs import Configs
+from fem.tasks import build_task
 from fem.tracking import FEM_TRACKERS, report_to_names, trainer_report_to
 from fem.utils.distributed import is_main_process
 from fem.utils.io import read_jsonl
@@ -38,7 +39,9 @@ def plan(configs: Configs, checked: Preflight) -> dict[str, Any]:
         + (f", eval {configs.eval.eval_answer_mode}" if configs.eval.eval_answer_mode else "")
         + ")",
         "data": checked.data,
+        **({"data format": checked.data_formats} if checked.data_formats else {}),
         "scheme": f"{configs.estep.scheme} (M={configs.estep.estep_samples}, keep<={configs.estep.estep_max_keep})",
+        **pairwise_plan(configs),
         "proposal": proposal,
         "eval_proposal": configs.eval.eval_proposal or f"ancestral (temperature {configs.eval.eval_temperature})",
         "rounds": configs.em.rounds,
@@ -56,6 +59,18 @@ def trackers_plan(report_to) -> str:
         [f"{', '.join(theirs)} (each round's trainer only)"] if theirs else []
     )
     return "; ".join(parts) or "none"
+
+
+def pairwise_plan(configs: Configs) -> dict[str, str]:
+    """The confidence target and the pairwise E-step options, for tasks that state a confidence."""
+    e = configs.estep
+    if not build_task(configs.task).confidence_cue:
+        return {}
+    target = e.confidence_target
+    if target == "empirical":
+        target += f" (m={e.confidence_samples} plain draws, prior a={e.confidence_prior})"
+    swaps = "both orders" if e.estep_position_swap else "as given"
+    return {"confidence": f"trained 'Confidence: N%' = {target}; pairs {swaps}, balance {e.estep_balance}"}
 
 
 def train(configs: Configs) -> int:
@@ -78,6 +93,8 @@ SUMMARY_COLUMNS = (
     ("eval/accuracy", "accuracy"),
     ("eval/ece", "ECE"),
     ("eval/brier", "Brier"),
+    ("eval/nll", "NLL"),
+    ("eval/mean_confidence", "mean conf"),
     ("eval/parsed_fraction", "parsed"),
     ("estep/acceptance_rate", "accept"),
     ("estep/kept_samples", "kept"),
