@@ -309,7 +309,7 @@ COLUMNS = {
         "batch",
         "examples",
         "wall_s",
-        "pairs_per_s",
+        "prompts_per_s",
         "tokens_decoded",
         "readout_tokens_encoded",
         "kept",

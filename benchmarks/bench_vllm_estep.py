@@ -1,16 +1,18 @@
-"""(10) The demo's E-step end to end, hf backend against vllm backend, same process.
+"""(11) The demo's E-step end to end, hf backend against vllm backend, same process.
 
 The E-step of ``recipes/demo/smollm2_judge_pps_cpu.yaml`` (SmolLM2-135M-Instruct judging LLMBar natural pairs: PPS,
-2 hinted rationales per pair, forced read-out of the verdict through the cue) on the first ``--examples`` training
-pairs, through fem's own E-step runner (``run_estep``: chunks, drawing, read-out, reward, filter, samples file), with
+hinted rationales, forced read-out of the verdict through the cue, the plain read-out as confidence target, pairs in
+both orders and balanced, as the recipe says) on the first ``--examples`` training pairs, run exactly as ``fem train``
+runs it (``EMRunner.estep``), with
 
 - the ``hf`` backend in the demo's dtype (float32) at the demo's ``generation_batch_size`` (its memory-bounded
   setting), and in bfloat16 where the CPU has bf16 instructions;
 - the ``vllm`` backend (in-process engine, the recipe's defaults) in float32 and bfloat16, at the demo's batch and at
   ``--vllm-batch`` (a vLLM engine bounds memory by its KV cache, not by the batch).
 
-Every run draws the same examples with the same seeds. Reported per run: wall seconds, pairs per second, rationale
-tokens decoded, prefix tokens the backend encoded (the read-out's included), and the speed-up over hf in float32.
+Every run draws the same examples with the same seeds. Reported per run: wall seconds, prompts per second (a pair
+asked both ways is two prompts), rationale tokens decoded, prefix tokens the backend encoded (the read-out's
+included), and the speed-up over hf in float32.
 Judge prompts are 250-1,000 tokens, so prefill and the read-out dominate: vLLM's prefix cache serves the second
 rationale of a pair and the read-out's prompt blocks. One thread; timings on a shared machine are indicative only.
 
@@ -40,34 +42,21 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=None, help="vllm_block_size (default: the recipe's)")
 
 
-def run_estep_once(configs, model, tokenizer, backend, examples, out: Path) -> dict:
-    from fem.estep.runner import run_estep
-    from fem.estep.schemes import build_scheme
-    from fem.runtime import Runtime
-    from fem.tasks import build_task
-    from fem.utils.distributed import World
+def run_estep_once(configs, runtime, examples, out: Path) -> dict:
+    """One E-step exactly as ``fem train`` runs it (``EMRunner.estep``: drawing, read-outs, confidence targets,
+    reward, filter, balancing, samples file) on ``examples`` with the given runtime's backend."""
+    from fem.loop import EMRunner
 
-    task = build_task(configs.task)
-    runtime = Runtime(configs, task, model, tokenizer, backend, World())
-    drawer = runtime.drawer(runtime.proposal(), sample_answers=True)
+    runner = EMRunner(configs)
+    runner.runtime, runner.train_examples = runtime, examples
+    backend = runtime.backend
     encoded0 = backend.readout_tokens_encoded
     t0 = time.perf_counter()
-    metrics = run_estep(
-        round_index=0,
-        examples=examples,
-        scheme=build_scheme(configs.estep),
-        drawer=drawer,
-        proposal_name=configs.proposal.proposal,
-        round_dir=out,
-        chunk_size=configs.proposal.generation_batch_size,
-        seed=0,
-        world=World(),
-        save_rejected=False,
-    )
+    metrics = runner.estep(0, out)
     wall = time.perf_counter() - t0
     return {
         "wall_s": round(wall, 2),
-        "pairs_per_s": round(len(examples) / wall, 3),
+        "prompts_per_s": round(len(examples) / wall, 3),
         "tokens_decoded": int(metrics["estep/tokens_decoded"]),
         "readout_tokens_encoded": int(backend.readout_tokens_encoded - encoded0),
         "kept": int(metrics["estep/kept_samples"]),
@@ -82,8 +71,10 @@ def measure(args: argparse.Namespace) -> C.Measured:
     from fem.generation.vllm_env import has_bf16_instructions, vllm_problem
     from fem.models import hf_model_dir, load_model_and_tokenizer
     from fem.recipe import parse_configs
+    from fem.runtime import Runtime
     from fem.tasks import build_task
     from fem.testing.tiny import save_tiny_model
+    from fem.utils.distributed import World
 
     problem = vllm_problem()
     if problem is not None:
@@ -102,8 +93,11 @@ def measure(args: argparse.Namespace) -> C.Measured:
         if args.block_size:
             extra += ["--vllm_block_size", str(args.block_size)]
         base = parse_configs(["--config", str(RECIPE), "--output_dir", str(Path(tmp) / "out"), *extra])
-        train = build_task(base.task).load("train")
+        task = build_task(base.task)
+        train = task.load("train")
         examples, warmup = train[:n], train[-1:]  # the warm-up pair is not one of the timed ones
+        if base.estep.estep_position_swap:  # as fem train: each pair also drawn with its candidates swapped
+            examples, warmup = task.with_swaps(examples), task.with_swaps(warmup)
         demo_batch = base.proposal.generation_batch_size
         hf_dtypes = ["float32", *(d for d in dtypes if d != "float32")]  # hf float32 (the demo's) is the reference
         runs = [("hf", d, demo_batch) for d in hf_dtypes] + [
@@ -125,17 +119,18 @@ def measure(args: argparse.Namespace) -> C.Measured:
                     folder = hf_model_dir(base.model.model_name_or_path, base.em.gguf_file, model, tok)
                     backend = VLLMBackend.from_configs(configs, model, tok, folder)
                 out = Path(tmp) / f"{backend_name}-{dtype}-{batch}"
-                run_estep_once(configs, model, tok, backend, warmup, out.with_name(out.name + "-warmup"))
+                runtime = Runtime(configs, task, model, tok, backend, World())
+                run_estep_once(configs, runtime, warmup, out.with_name(out.name + "-warmup"))
                 if backend_name == "vllm":
                     backend.reset_prefix_cache()  # every timed run starts cold
-                row = {"backend": backend_name, "dtype": run_dtype, "batch": batch, "examples": n}
-                row.update(run_estep_once(configs, model, tok, backend, examples, out))
+                row = {"backend": backend_name, "dtype": run_dtype, "batch": batch, "examples": len(examples)}
+                row.update(run_estep_once(configs, runtime, examples, out))
                 row["load"] = C.load()
                 if backend_name == "vllm":
                     backend.close()
                 rows.append(row)
                 print(row, flush=True)
-                del backend
+                del backend, runtime
                 gc.collect()
             del model
             gc.collect()
