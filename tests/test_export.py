@@ -222,3 +222,44 @@ def test_vllm_loads_the_merged_export_as_is(tmp_path):
     assert got["chat"] == tokenizer.apply_chat_template([{"role": "user", "content": "q"}], tokenize=False)
     eos = tokenizer.eos_token_id
     assert [t[: t.index(eos) + 1] if eos in t else t for t in expected] == got["tokens"]
+
+
+@pytest.mark.vllm
+def test_fem_vllm_backend_serves_the_merged_export(tmp_path):
+    """fem's own ``backend: vllm`` serves the merged folder: the tokens its engine draws carry the per-token logp,
+    logq and entropy the ``hf`` backend gives on the same folder (within 1e-3 in fp32), and differ from the base
+    model's (the merge is what is served). The engine runs in vLLM's own process (``in_process=False``): a test
+    session holds one in-process engine (tests/generation/vllm)."""
+    pytest.importorskip("vllm")
+    from fem.generation.base import SamplingParams
+    from fem.generation.hf import HFBackend
+    from fem.generation.vllm import VLLMBackend
+    from fem.generation.vllm_engine import EngineOptions
+    from fem.models import load_model_and_tokenizer
+    from fem.proposals.power import rescore
+    from fem.testing.tiny import save_tiny_model
+
+    base_dir = save_tiny_model(tmp_path / "tiny128", hidden_size=128)
+    base, tokenizer = load_model_and_tokenizer(str(base_dir))
+    run = synthetic_run(tmp_path / "run", str(base_dir), base, tokenizer)
+    out = tmp_path / "merged"
+    assert fem_export(str(run), "--out", str(out), "--merge") == 0
+    merged, tokenizer = load_model_and_tokenizer(str(out))
+    hf, base_hf = HFBackend(merged, tokenizer), HFBackend(load_model_and_tokenizer(str(base_dir))[0], tokenizer)
+    options = EngineOptions(max_model_len=256, kv_cache_gib=0.0625, enable_lora=False, in_process=False)
+    backend = VLLMBackend(merged, tokenizer, model_dir=str(out), options=options)
+    try:
+        prompts = [encoded(tokenizer, p)["input_ids"][0].tolist() for p in PROMPTS]
+        params = SamplingParams(temperature=0.7, top_k=20)
+        conts, _ = backend.generate(prompts, params, 8, generator=torch.Generator().manual_seed(0))
+    finally:
+        backend.close()
+    gaps_to_base = []
+    for prompt, cont in zip(prompts, conts):
+        assert cont.token_ids
+        ref = rescore(hf, prompt, cont.token_ids, params)
+        for name in ("logp", "logq", "entropy"):
+            assert getattr(cont, name) == pytest.approx(getattr(ref, name), abs=1e-3), name
+        other = rescore(base_hf, prompt, cont.token_ids, params)
+        gaps_to_base.append(max(abs(a - b) for a, b in zip(cont.logp, other.logp)))
+    assert max(gaps_to_base) > 1e-2  # the served weights are the merge, not the base
