@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from helpers import run_fem
 
 
@@ -77,8 +78,6 @@ def test_bench_core_arguments_reach_the_script_and_its_record(tmp_path):
 
 def test_bench_finds_the_scripts_from_the_checkout_root_without_an_editable_install(tmp_path, monkeypatch):
     """A regular install has no benchmarks/ next to the package: fem bench uses ./benchmarks or $FEM_BENCHMARKS."""
-    import pytest
-
     from fem.commands import bench
     from fem.errors import FemError
 
@@ -118,3 +117,23 @@ def test_bench_calibration_quick(tmp_path):
     estimate = record["estimate"]
     assert set(estimate["cpu_s_per_dataset"]) == {"judge_llmbar_natural"} and estimate["cpu_min_total"] > 0
     assert "full_size_time" in record["goals"]
+
+
+@pytest.mark.vllm
+def test_bench_vllm_sections_quick(tmp_path):
+    """`fem bench vllm` and `fem bench vllm_estep` in --quick mode (tiny model; each script runs its own engines in
+    its own process): the records name every backend, the ratios are reported (no timing asserts)."""
+    pytest.importorskip("vllm")
+    from fem.generation.vllm_env import vllm_problem
+
+    if vllm_problem() is not None:
+        pytest.skip(vllm_problem()[0])
+    for name in ("vllm", "vllm_estep"):
+        res = run_fem("bench", name, "--quick", "--out", str(tmp_path), timeout=600)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        _check_record(json.loads((tmp_path / f"{name}.json").read_text()), name)
+    decode = json.loads((tmp_path / "vllm.json").read_text())["results"]
+    assert {r["batch"] for r in decode} == {1, 8}
+    assert all(r["vllm_vs_hf"] > 0 and r["vllm_vs_generate_loop"] > 0 for r in decode)
+    estep = json.loads((tmp_path / "vllm_estep.json").read_text())["results"]
+    assert {r["backend"] for r in estep} == {"hf", "vllm"} and all(r["speedup_vs_hf_float32"] > 0 for r in estep)
