@@ -78,7 +78,7 @@ format:
 bench:  ## every benchmark (~50 min on 2 CPU cores, plus ~1.6 h for the calibration study): JSON under benchmarks/results/, then BENCHMARKS.md
 	$(VENV)/bin/fem bench all --out benchmarks/results
 
-bench-core:  ## every section at a reduced size (~20 min on 2 CPU cores: 13 min 49 s measured before the calibration section, estimated at ~6 min): fp32 throughput, stylized quality and EM, LLMBar calibration
+bench-core:  ## every section at a reduced size (~20 min on 2 CPU cores before the calibration (~6 min) and vLLM (~10-15 min) sections; 13 min 49 s measured without them): fp32 throughput, stylized quality and EM, LLMBar calibration, vLLM decoding and judge E-step
 	$(VENV)/bin/fem bench core --out benchmarks/results
 
 clean:
