@@ -106,6 +106,11 @@ class Task(ABC):
         """The data files ``split`` reads (empty when it generates its data or reads no file)."""
         return []
 
+    def input_files(self) -> dict[str, list[str]]:
+        """Every file the task reads, by role (``train``, ``eval``, ``templates``): a run's fingerprint holds their
+        digests, so that a resume never mixes samples drawn from other data or prompts."""
+        return {"train": self.files("train"), "eval": self.files("eval"), "templates": []}
+
     def field_names(self) -> tuple[str, ...]:
         """The fields ``task_fields`` may map (empty: the task reads its own fields and none are checked)."""
         return ()

@@ -70,6 +70,11 @@ class DataTask(Task):
         source = self.sources.get(split)
         return [str(p) for p in source.paths()] if source else []
 
+    def input_files(self) -> dict[str, list[str]]:
+        """The data files of both splits (those that exist) and the prompt templates read from files."""
+        templates = [t.origin for t in (self._plain, self._hinted) if t.origin != "<inline>"]
+        return {**{split: self.files(split) for split in SPLITS}, "templates": templates}
+
     def field_map(self, split: str) -> dict[str, str]:
         source = self.sources.get(split) or self.sources.get("eval") or next(iter(self.sources.values()), None)
         fields = dict(source.fields) if source else {}
