@@ -39,6 +39,7 @@ class DataTask(Task):
     sources: ClassVar[Mapping[str, Source]] = {}
     required_fields: ClassVar[tuple[str, ...]] = ()
     allow_empty: ClassVar[tuple[str, ...]] = ()  # required fields that may hold an empty string
+    text_fields: ClassVar[tuple[str, ...]] = ()  # fields that must hold text (a prompt, a response), not JSON data
     label_field: ClassVar[str | None] = None
     allowed_labels: ClassVar[tuple[str, ...]] = ()
     plain_template: ClassVar[str] = ""
@@ -98,6 +99,7 @@ class DataTask(Task):
             labels=labels,
             allowed_labels=self.allowed_labels or None,
             allow_empty=self.allow_empty,
+            text_fields=self.text_fields,
         )
         if user:
             return load_records(Path(user).expanduser(), fields, self.required_fields, **kwargs)

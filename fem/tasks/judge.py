@@ -72,6 +72,7 @@ class PairwiseTask(DataTask):
     answer_cue: ClassVar[str] = "Verdict:"
     answer_markers: ClassVar[tuple[str, ...]] = ("Verdict:", "Confidence:")
     label_field: ClassVar[str | None] = "label"
+    text_fields: ClassVar[tuple[str, ...]] = ("prompt", "response_a", "response_b", "post", "summary_a", "summary_b")
     allow_empty: ClassVar[tuple[str, ...]] = (
         "response_a",
         "response_b",
