@@ -23,19 +23,23 @@ from fem.tasks.base import Example, Prediction
 from fem.utils.distributed import World
 from fem.utils.io import DamagedFileError, read_jsonl
 
+JUNK = {"utf8": b"@@", "binary": b"\x00\xff"}  # text that is not JSON (silently cut), bytes that are not UTF-8
 
-def damage_line(path, number: int) -> None:
-    """Overwrite the middle of line ``number`` (1-based) with bytes that are not JSON, keeping its length."""
+
+def damage_line(path, number: int, junk: bytes = JUNK["utf8"], at: int | None = None) -> None:
+    """Overwrite line ``number`` (1-based) with ``junk`` at byte ``at`` (default: its middle), keeping its length."""
     lines = path.read_bytes().split(b"\n")
     line = lines[number - 1]
-    lines[number - 1] = line[: len(line) // 2] + b"\x00\xff" + line[len(line) // 2 + 2 :]
+    at = len(line) // 2 if at is None else at
+    lines[number - 1] = line[:at] + junk + line[at + len(junk) :]
     path.write_bytes(b"\n".join(lines))
 
 
-def test_a_damaged_middle_line_is_an_error_naming_file_and_line(tmp_path):
+@pytest.mark.parametrize("junk", JUNK)
+def test_a_damaged_middle_line_is_an_error_naming_file_and_line(junk, tmp_path):
     path = tmp_path / "records.jsonl"
     path.write_text("".join(json.dumps({"i": i}) + "\n" for i in range(11)))
-    damage_line(path, 3)
+    damage_line(path, 3, JUNK[junk])
     with pytest.raises(DamagedFileError) as info:
         read_jsonl(path, repair=True)
     assert str(path) in str(info.value) and "line 3" in str(info.value)
@@ -88,7 +92,8 @@ def estep(round_dir, drawer):
     )
 
 
-def test_a_damaged_sample_line_redraws_its_chunk_and_loses_nothing(tmp_path):
+@pytest.mark.parametrize("junk", JUNK)
+def test_a_damaged_sample_line_redraws_its_chunk_and_loses_nothing(junk, tmp_path):
     reference = tmp_path / "reference"
     estep(reference, Drawer([]))
     want = kept_samples(reference)
@@ -97,7 +102,7 @@ def test_a_damaged_sample_line_redraws_its_chunk_and_loses_nothing(tmp_path):
     for damaged_line in (3, len(want)):  # a middle line, and the last one (terminated: not a torn write)
         rdir = tmp_path / f"damaged{damaged_line}"
         estep(rdir, Drawer([]))
-        damage_line(rdir / "samples.jsonl", damaged_line)
+        damage_line(rdir / "samples.jsonl", damaged_line, JUNK[junk])
         problems = check_samples(rdir, 4)
         assert problems and "samples.jsonl" in problems[0], problems
         drawer = Drawer([])
@@ -112,7 +117,7 @@ def test_a_damaged_progress_line_redraws_its_chunk(tmp_path):
     estep(reference, Drawer([]))
     rdir = tmp_path / "damaged"
     estep(rdir, Drawer([]))
-    damage_line(rdir / "estep_progress.jsonl", 2)
+    damage_line(rdir / "estep_progress.jsonl", 2, at=0)  # (a progress line's counters are not digested)
     assert check_samples(rdir, 4)
     drawer = Drawer([])
     estep(rdir, drawer)
@@ -132,5 +137,5 @@ def test_damaged_samples_of_a_finished_estep_are_redrawn_before_the_mstep(tmp_pa
     damage_line(out / "round_000" / "samples.jsonl", 3)
     resumed = train(out, cache_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "line 3 is damaged" in resumed.stderr and "drawing that chunk again" in resumed.stderr
+    assert "samples.jsonl" in resumed.stderr and "drawing that chunk again" in resumed.stderr
     assert_same_as_reference(out, reference)
