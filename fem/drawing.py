@@ -35,6 +35,7 @@ class Sample:
     kept: bool = False
     reason: str | None = None  # why it was not kept
     weight: float = 1.0
+    target_confidence: float | None = None  # the confidence the completion states, when the E-step set a target
 
     @property
     def reward(self) -> float:
@@ -55,6 +56,8 @@ class Sample:
             "weight": self.weight,
             "extracted": self.prediction.extracted,
             "confidence": self.prediction.confidence,
+            "target_confidence": self.target_confidence,
+            "gold": self.example.answer if isinstance(self.example.answer, str) else None,
             "rationale": self.trace.text,
             "completion": self.completion,
             "trace": self.trace.summary(),
@@ -124,6 +127,14 @@ class ProposalDrawer:
     train_completion: Callable[[str, Example, float | None], str]  # (rationale, example, stated confidence)
     # around each draw-and-score: e.g. the backend keeping the prompts' KV for the forced-answer read-out
     session: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+    # (examples, prompt ids) -> option probabilities read right after each prompt (no rationale)
+    read_options: Callable[[Sequence[Example], Sequence[list[int]]], list[dict[str, float]]] | None = None
+
+    def read_out(self, examples: Sequence[Example], origin: str) -> list[dict[str, float]]:
+        """The option probabilities each example's ``origin`` prompt gives right after the answer cue."""
+        if self.read_options is None:
+            raise FemError("this drawer has no read-out", fix="build it with read_options (fem.runtime does)")
+        return self.read_options(examples, [self.render(e, origin) for e in examples])
 
     def draw(self, examples: Sequence[Example], origin: str, n: int, *, seed: int) -> list[list[Sample]]:
         prompts = [self.render(e, origin) for e in examples]

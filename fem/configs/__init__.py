@@ -11,7 +11,16 @@ model config (a ``trl.ModelConfig``) live in ``fem.trl_configs``.
 
 from __future__ import annotations
 
-from fem.configs.choices import ANSWER_MODES, CUTS, SCHEMES, TIE_POLICIES, positive_count
+from fem.configs.choices import (
+    ANSWER_MODES,
+    CONFIDENCE_TARGETS,
+    CUTS,
+    DATA_FORMATS,
+    EVAL_CONFIDENCES,
+    SCHEMES,
+    TIE_POLICIES,
+    positive_count,
+)
 from fem.configs.em import EMConfig
 from fem.configs.estep import EStepConfig
 from fem.configs.eval import EvalConfig
@@ -22,7 +31,10 @@ FEM_DATACLASSES = (TaskConfig, ProposalConfig, EStepConfig, EvalConfig, EMConfig
 
 __all__ = [
     "ANSWER_MODES",
+    "CONFIDENCE_TARGETS",
     "CUTS",
+    "DATA_FORMATS",
+    "EVAL_CONFIDENCES",
     "FEM_DATACLASSES",
     "SCHEMES",
     "TIE_POLICIES",

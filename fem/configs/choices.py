@@ -8,6 +8,9 @@ SCHEMES = ("rejection", "star", "pps")
 CUTS = ("uniform", "entropy")
 ANSWER_MODES = ("generate", "forced")
 TIE_POLICIES = ("drop", "third")
+DATA_FORMATS = ("auto", "fields", "preference")
+CONFIDENCE_TARGETS = ("readout", "plain_readout", "empirical")
+EVAL_CONFIDENCES = ("readout", "stated")
 
 
 def positive_count(name: str) -> dict[str, Any]:

@@ -7,6 +7,11 @@ exactly what an uninterrupted one would, with no sample lost or duplicated. Each
 sample count and digest: a chunk whose samples were damaged later (a bad line in the middle of the file) is drawn
 again rather than silently trained on with records missing, and ``check_samples`` repeats that check before the
 M-step reads a finished E-step.
+
+Pairwise tasks: ``targets`` sets the confidence each kept sample is trained to state (``fem.estep.confidence``),
+chunk by chunk; ``balance_seed`` balances the kept samples across gold verdicts once every chunk is in: the main
+process records the samples it drops in ``estep_balance.json`` (``samples.jsonl`` stays what the E-step drew, so
+its digests hold) and ``kept_samples`` leaves them out; idempotent on resume.
 """
 
 from __future__ import annotations
@@ -14,17 +19,26 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fem.drawing import HINTED, PLAIN, Drawer
+from fem.drawing import HINTED, PLAIN, Drawer, Sample
+from fem.estep.confidence import balance_records
 from fem.estep.schemes import Scheme
 from fem.tasks.base import Example
 from fem.utils.distributed import World
 from fem.utils.faults import crash_point
-from fem.utils.io import JsonlWriter, atomic_write_text, json_line, read_jsonl, scan_jsonl
+from fem.utils.io import (
+    JsonlWriter,
+    atomic_write_json,
+    atomic_write_text,
+    json_line,
+    read_json,
+    read_jsonl,
+    scan_jsonl,
+)
 from fem.utils.logging import get_logger
 from fem.utils.seeding import derive_seed
 
@@ -32,6 +46,8 @@ logger = get_logger(__name__)
 
 SAMPLES = "samples.jsonl"
 PROGRESS = "estep_progress.jsonl"
+BALANCE = "estep_balance.json"
+Targets = Callable[[list[list[Sample]], int], None]  # (draws of a chunk, seed): set kept samples' confidence
 
 
 def chunk_digest(lines: Iterable[bytes]) -> str:
@@ -136,6 +152,8 @@ def run_estep(
     world: World,
     save_rejected: bool,
     progress_bar: Any = None,
+    targets: Targets | None = None,
+    balance_seed: int | None = None,
 ) -> dict[str, float]:
     """Draw, score and filter samples for ``examples``; returns the round's E-step metrics (on every rank)."""
     round_dir.mkdir(parents=True, exist_ok=True)
@@ -147,6 +165,8 @@ def run_estep(
         for c, chunk in mine:
             start = time.perf_counter()
             draws = scheme.run(chunk, drawer, seed=derive_seed(seed, "estep", round_index, c))
+            if targets is not None:
+                targets(draws, derive_seed(seed, "confidence", round_index, c))
             records, stats = [], _chunk_stats(draws)
             for samples in draws:
                 for s in samples:
@@ -169,6 +189,13 @@ def run_estep(
     # every rank's samples in chunk order (deterministic whatever the world size); rank files stay for resuming
     world.merge_rank_files(round_dir / SAMPLES, key=lambda s: (s["chunk"], s["example_id"], s["attempt"]))
     world.merge_rank_files(round_dir / PROGRESS, key=lambda p: p["chunk"])
+    if balance_seed is not None and world.is_main:
+        records, info = balance_records(read_jsonl(round_dir / SAMPLES), balance_seed)
+        targets_kept = [r["target_confidence"] for r in records if r["kept"] and r["target_confidence"] is not None]
+        if targets_kept:
+            info["mean_target_confidence"] = sum(targets_kept) / len(targets_kept)
+        info["dropped_samples"] = [[r["example_id"], r["attempt"]] for r in records if r.get("reason") == "balance"]
+        atomic_write_json(round_dir / BALANCE, info)
     world.barrier()
     return estep_metrics(round_dir, world.size, num_examples=len(examples))
 
@@ -187,6 +214,9 @@ def _chunk_stats(draws: list[list]) -> dict[str, Any]:
             stats["tokens_decoded"] += s.trace.cost.tokens_decoded
             stats["tokens_reencoded"] += s.trace.cost.tokens_reencoded
             stats["unparsed"] += not s.prediction.parsed
+            if s.kept and s.target_confidence is not None:
+                stats["target_confidence_sum"] += s.target_confidence
+                stats[f"kept_gold_{s.example.answer}"] += 1
             if s.reason:
                 stats[f"rejected_{s.reason}"] += 1
     return dict(stats)
@@ -218,11 +248,24 @@ def estep_metrics(round_dir: Path, world_size: int, *, num_examples: int) -> dic
             out[f"estep/reward_{origin}"] = total[f"reward_sum_{origin}"] / total[f"draws_{origin}"]
             out[f"estep/kept_{origin}"] = total[f"kept_{origin}"]
     for k, v in total.items():
-        if k.startswith("rejected_"):
+        if k.startswith(("rejected_", "kept_gold_")):
             out[f"estep/{k}"] = v
+    if total["target_confidence_sum"]:
+        out["estep/mean_target_confidence"] = total["target_confidence_sum"] / max(total["kept"], 1)
+    if (round_dir / BALANCE).is_file():  # counts after balancing (the progress lines hold those before)
+        balance = read_json(round_dir / BALANCE)
+        out["estep/balance_dropped"] = balance["dropped"]
+        out["estep/kept_samples"] = total["kept"] - balance["dropped"]
+        out.update({f"estep/kept_gold_{g}": n for g, n in balance["kept_by_gold"].items()})
+        if "mean_target_confidence" in balance:
+            out["estep/mean_target_confidence"] = balance["mean_target_confidence"]
     return out
 
 
 def kept_samples(round_dir: Path) -> list[dict[str, Any]]:
-    """The kept samples of a finished E-step, in file order (a damaged line raises ``DamagedFileError``)."""
-    return [s for s in read_jsonl(round_dir / SAMPLES) if s["kept"]]
+    """The kept samples of a finished E-step, in file order, less those its balancing dropped (a damaged line
+    raises ``DamagedFileError``)."""
+    dropped: set[tuple[str, int]] = set()
+    if (round_dir / BALANCE).is_file():
+        dropped = {(i, a) for i, a in read_json(round_dir / BALANCE)["dropped_samples"]}
+    return [s for s in read_jsonl(round_dir / SAMPLES) if s["kept"] and (s["example_id"], s["attempt"]) not in dropped]
