@@ -114,6 +114,11 @@ class Task(ABC):
         """The data files ``split`` reads (empty when it generates its data or reads no file)."""
         return []
 
+    def input_files(self) -> dict[str, list[str]]:
+        """Every file the task reads, by role (``train``, ``eval``, ``templates``): a run's fingerprint holds their
+        digests, so that a resume never mixes samples drawn from other data or prompts."""
+        return {"train": self.files("train"), "eval": self.files("eval"), "templates": []}
+
     def data_format(self, split: str) -> str | None:
         """How the last load of ``split`` read its file, when worth saying (e.g. "preference (conversational, ...)")."""
         return None

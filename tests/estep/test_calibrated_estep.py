@@ -11,7 +11,7 @@ import torch
 from fem.configs import EStepConfig, TaskConfig
 from fem.drawing import HINTED, ProposalDrawer
 from fem.estep.confidence import apply_confidence_targets
-from fem.estep.runner import kept_samples, run_estep
+from fem.estep.runner import check_samples, kept_samples, run_estep
 from fem.estep.schemes import PPSScheme
 from fem.generation.base import Continuation, DecodeStats
 from fem.proposals.base import Cost, Trace
@@ -162,3 +162,6 @@ def test_swap_draws_both_orders_and_balance_equalizes_kept_verdicts(tmp_path):
     assert balanced["estep/mean_target_confidence"] == pytest.approx(mean_target)  # of what is trained
     resumed = run_estep(round_dir=tmp_path / "balanced", balance_seed=11, **kwargs)  # every chunk already done
     assert resumed == balanced and kept_samples(tmp_path / "balanced") == kept
+    # balancing leaves samples.jsonl as drawn: the pre-M-step check against the E-step's record still holds
+    assert check_samples(tmp_path / "balanced", num_chunks=3) == []
+    assert len(kept_samples(tmp_path / "plain")) > len(kept)

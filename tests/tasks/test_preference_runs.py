@@ -9,6 +9,8 @@ import pytest
 import yaml
 from test_preference import SHAPES, write_jsonl
 
+from fem.estep.runner import kept_samples
+
 TOPICS = ["prime", "sum", "spell", "capital", "colour", "animal", "planet", "metal"]
 
 
@@ -111,7 +113,7 @@ def test_calibrated_estep_and_temperature_scaling_through_the_commands(tmp_path,
     samples = [json.loads(line) for line in (run / "round_000" / "samples.jsonl").read_text().splitlines()]
     assert {s["example_id"].endswith(":swapped") for s in samples} == {True, False}  # both orders drawn
     assert sum(s["reason"] == "confidence" and s["origin"] == "plain" for s in samples) >= 2
-    kept = [s for s in samples if s["kept"]]
+    kept = kept_samples(run / "round_000")  # balancing drops some kept samples (estep_balance.json), not lines
     assert kept and all(s["completion"].endswith(f"Confidence: {round(100 * s['target_confidence'])}%") for s in kept)
     assert all(0 < s["target_confidence"] < 1 for s in kept)  # the prior keeps the estimate off 0 and 1
     gold = [s["gold"] for s in kept]
