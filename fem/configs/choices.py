@@ -9,7 +9,7 @@ CUTS = ("uniform", "entropy")
 ANSWER_MODES = ("generate", "forced")
 TIE_POLICIES = ("drop", "third")
 DATA_FORMATS = ("auto", "fields", "preference")
-CONFIDENCE_TARGETS = ("readout", "plain_readout", "empirical")
+CONFIDENCE_TARGETS = ("readout", "plain_readout", "plain_readout_debiased", "empirical")
 EVAL_CONFIDENCES = ("readout", "stated")
 
 

@@ -162,3 +162,80 @@ def test_swap_draws_both_orders_and_balance_equalizes_kept_verdicts(tmp_path):
     assert balanced["estep/mean_target_confidence"] == pytest.approx(mean_target)  # of what is trained
     resumed = run_estep(round_dir=tmp_path / "balanced", balance_seed=11, **kwargs)  # every chunk already done
     assert resumed == balanced and kept_samples(tmp_path / "balanced") == kept
+
+
+class OrderBackend(CharBackend):
+    """P(A) after a prompt is ``p_a[first]``, ``first`` the candidate shown first in it (the prompt names both)."""
+
+    def __init__(self, p_a: dict[str, float]):
+        super().__init__(p_a=0.5)
+        self.table, self.prompts = p_a, []
+
+    def next_token_logprobs(self, prefixes):
+        rows = []
+        for prefix in prefixes:
+            text = self.decode(prefix)
+            self.prompts.append(text)
+            first = min(self.table, key=lambda c: text.find(c) if c in text else len(text))
+            self.p_a = self.table[first]
+            rows.append(super().next_token_logprobs([prefix])[0])
+        return torch.stack(rows)
+
+
+def pair_drawer(backend):
+    """The judge drawer on ``backend`` with prompts that show both candidates in their order."""
+    task, drawer = judge_drawer(backend)
+    drawer.render = lambda e, origin: backend.encode(f"{e.fields['response_a']} | {e.fields['response_b']}")
+    return task, drawer
+
+
+def kept_target(task, drawer, example, target):
+    draws = drawer.draw([example], HINTED, 1, seed=0)
+    draws[0][0].kept = True
+    apply_confidence_targets(
+        draws, drawer, target=target, samples=4, prior=1.0, options=task.options, seed=0, swap=task.swapped
+    )
+    return draws[0][0]
+
+
+def test_debiased_target_gives_a_judge_that_always_says_a_at_0_8_a_half_on_every_pair():
+    task, drawer = pair_drawer(CharBackend(p_a=0.8))
+    for gold in ("A", "B"):
+        biased = kept_target(task, drawer, pair(0, gold), "plain_readout")
+        assert biased.target_confidence == pytest.approx(0.8 if gold == "A" else 0.2)
+        sample = kept_target(task, drawer, pair(0, gold), "plain_readout_debiased")
+        assert sample.target_confidence == pytest.approx(0.5)
+        assert sample.completion.endswith(f"Verdict: {gold}\nConfidence: 50%")
+
+
+def test_debiased_target_of_a_pair_read_0_7_as_given_and_0_9_swapped_trains_80():
+    # gold A = "one 0": shown first it gets P(A) = 0.7; swapped, "two 0" comes first and P(B) = P(one 0) = 0.9
+    backend = OrderBackend({"one 0": 0.7, "two 0": 0.1})
+    task, drawer = pair_drawer(backend)
+    sample = kept_target(task, drawer, pair(0, "A"), "plain_readout_debiased")
+    assert sample.target_confidence == pytest.approx(0.8)
+    assert sample.completion == "Both answer the question.\n\nVerdict: A\nConfidence: 80%"
+    assert kept_target(task, drawer, pair(0, "A"), "plain_readout").target_confidence == pytest.approx(0.7)
+    # the pair and its swapped copy both kept (estep_position_swap): the same two prompts, each read once
+    draws = drawer.draw(task.with_swaps([pair(0, "A")]), HINTED, 1, seed=0)
+    for row in draws:
+        row[0].kept = True
+    backend.prompts.clear()
+    apply_confidence_targets(
+        draws, drawer, target="plain_readout_debiased", samples=4, prior=1.0, options=task.options, seed=0,
+        swap=task.swapped,
+    )  # fmt: skip
+    assert [row[0].target_confidence for row in draws] == pytest.approx([0.8, 0.8])
+    assert sorted(backend.prompts) == ["one 0 | two 0Verdict: ", "two 0 | one 0Verdict: "]
+
+
+def test_debiased_target_on_a_task_that_is_not_pairwise_is_a_one_line_config_error(capsys):
+    from fem.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--config", "recipes/smoke/tiny_cpu.yaml", "--confidence_target", "plain_readout_debiased",
+              "--dry_run"])  # fmt: skip
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "model shards" not in line]
+    assert info.value.code == 2 and len(err) == 1, err  # (the tiny model is written on first use: not an error)
+    assert "task 'toy_parity' is not pairwise" in err[0] and "confidence_target" in err[0]
+

@@ -137,3 +137,29 @@ def test_calibrated_estep_and_temperature_scaling_through_the_commands(tmp_path,
     code, _, err = fem(capsys, "eval", "--config", str(tmp_path / "same.yaml"), "--temperature_scaling", "true")
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "also in the eval split" in lines[0], err
+
+
+def test_debiased_target_trains_the_gold_candidate_averaged_over_both_orders(tmp_path, capsys):
+    from fem.drawing import PLAIN
+    from fem.recipe import parse_configs
+    from fem.runtime import build_runtime
+    from fem.utils.distributed import World
+
+    config = recipe(tmp_path, "explicit_standard", confidence_target="plain_readout_debiased", eval_every_round=False)
+    code, out, err = fem(capsys, "train", "--config", config, "--dry_run")
+    assert code == 0 and "plain_readout_debiased (P(gold candidate) averaged over both orders)" in out, out
+    code, out, err = fem(capsys, "train", "--config", config)
+    assert code == 0, err
+    kept = [
+        s for s in map(json.loads, (tmp_path / "out_explicit_standard/round_000/samples.jsonl").open()) if s["kept"]
+    ]
+    runtime = build_runtime(parse_configs(["--config", config]), World())  # the base model the E-step read
+    task, by_id = runtime.task, {e.id: e for e in runtime.task.load("train")}
+    drawer = runtime.drawer(runtime.proposal())
+    assert kept
+    for s in kept:
+        example = by_id[s["example_id"]]
+        given, swapped = drawer.read_out([example, task.swapped(example)], PLAIN)
+        expected = (given[example.answer] + swapped[task.swapped(example).answer]) / 2
+        assert s["target_confidence"] == pytest.approx(expected, abs=1e-4)
+        assert s["completion"].endswith(f"Confidence: {round(100 * expected)}%")
