@@ -4,6 +4,7 @@ confidences, position swap and verdict balancing through the chunked runner."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -239,3 +240,69 @@ def test_debiased_target_on_a_task_that_is_not_pairwise_is_a_one_line_config_err
     assert info.value.code == 2 and len(err) == 1, err  # (the tiny model is written on first use: not an error)
     assert "task 'toy_parity' is not pairwise" in err[0] and "confidence_target" in err[0]
 
+
+class NumberBackend(CharBackend):
+    """After ``Confidence:`` + ``tail`` the next character's probabilities are ``table[tail]`` (unlisted digits and
+    ``%`` get none, every other character a little); before it, P(A) = 0.6; greedy generation writes ``script``."""
+
+    def __init__(self, table, script):
+        super().__init__(p_a=0.6, script=script)
+        self.table, self.rows_read = table, 0
+
+    def next_token_logprobs(self, prefixes):
+        rows = super().next_token_logprobs(prefixes)
+        for i, prefix in enumerate(prefixes):
+            text = self.decode(prefix)
+            if "Confidence:" in text:
+                self.rows_read += 1
+                probs = self.table.get(text.rsplit("Confidence:", 1)[1], {})
+                for ch in "0123456789%":
+                    rows[i, ord(ch)] = math.log(probs[ch]) if ch in probs else -1e9
+        return rows
+
+
+def test_stated_mean_is_the_expected_number_under_constrained_decoding():
+    table = {
+        " ": {"7": 0.5, "1": 0.25, "0": 0.25},
+        " 7": {"%": 0.2, "5": 0.8},  # 7 or 75
+        " 1": {"%": 0.5, "0": 0.5},  # 1, or 10 / 100
+        " 10": {"%": 0.5, "0": 0.5},
+        " 0": {"%": 0.1, "5": 0.9},  # "05" is not a number: 0 for sure
+    }
+    backend = NumberBackend(table, script=" 75%")
+    _, drawer = judge_drawer(backend, confidence="stated_mean")
+    (sample,) = drawer.draw([pair(0, "A")], "plain", 1, seed=0)[0]
+    p = sample.prediction
+    # 0.5 * (0.2 * 7 + 0.8 * 75) + 0.25 * (0.5 * 1 + 0.5 * (0.5 * 10 + 0.5 * 100)) + 0.25 * 0 = 37.7
+    assert p.confidence == pytest.approx(0.377) and p.info["stated_mean"] == pytest.approx(0.377)
+    assert p.info["stated_value"] == pytest.approx(0.75) and p.info["stated"] == " 75%"  # the greedy line
+    assert p.info["readout"] == pytest.approx(0.6) and backend.rows_read == 11
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ({" ": {"1": 1.0}, " 1": {"0": 1.0}, " 10": {"0": 1.0}}, 1.0),  # always 100
+        ({" ": {"0": 1.0}}, 0.0),  # always 0
+        ({" ": {"5": 1.0}, " 5": {"%": 0.5, "0": 0.25, "9": 0.25}}, 0.5 * 0.05 + 0.25 * 0.5 + 0.25 * 0.59),
+        ({" ": {str(d): 0.1 for d in range(10)}, **{f" {d}": {"%": 1.0} for d in range(1, 10)}}, 0.045),  # 0..9
+    ],
+)
+def test_stated_mean_on_hand_computed_tables(table, expected):
+    backend = NumberBackend(table, script=" 50%")
+    _, drawer = judge_drawer(backend, confidence="stated_mean")
+    draws = drawer.draw([pair(i, "AB"[i % 2]) for i in range(3)], "plain", 1, seed=0)  # 33 rows, in 3 calls of <= 16
+    assert [row[0].prediction.confidence for row in draws] == pytest.approx([expected] * 3)
+    assert backend.rows_read == 33
+
+
+def test_stated_mean_refuses_a_tokenizer_that_does_not_write_numbers_digit_by_digit():
+    from fem.errors import FemError
+
+    class Merged(NumberBackend):
+        def encode(self, text):
+            return [200 if tok == "10" else ord(tok) for tok in re.findall(r"10|.", text, flags=re.S)]
+
+    _, drawer = judge_drawer(Merged({}, script=" 10%"), confidence="stated_mean")
+    with pytest.raises(FemError, match=r"digit by digit: '\\nConfidence: 10%' encodes as \[10, 67"):
+        drawer.draw([pair(0, "A")], "plain", 1, seed=0)

@@ -163,3 +163,21 @@ def test_debiased_target_trains_the_gold_candidate_averaged_over_both_orders(tmp
         expected = (given[example.answer] + swapped[task.swapped(example).answer]) / 2
         assert s["target_confidence"] == pytest.approx(expected, abs=1e-4)
         assert s["completion"].endswith(f"Confidence: {round(100 * expected)}%")
+
+
+def test_stated_mean_with_a_tokenizer_that_merges_digits_is_a_one_line_error_before_any_compute(tmp_path, capsys):
+    config = recipe(tmp_path, "explicit_standard", eval_confidence="stated_mean")
+    code, out, err = fem(capsys, "eval", "--config", config, "--dry_run")
+    assert code == 0 and "stated_mean" in out, out
+    code, out, err = fem(capsys, "eval", "--config", config)  # the tiny tokenizer merges digits ('\nConfidence: 2%')
+    lines = [line for line in err.splitlines() if "error" in line]  # (the model's loading is logged before)
+    assert code == 2 and len(lines) == 1, err
+    assert (
+        lines[0].startswith("fem eval: error: field")
+        and "field 'eval_confidence'" in lines[0]
+        and "digit by digit" in lines[0]
+        and "eval_confidence stated" in lines[0]
+    )
+    assert not (tmp_path / "out_explicit_standard" / "eval").exists() or not any(
+        (tmp_path / "out_explicit_standard" / "eval").rglob("predictions.jsonl")
+    )  # nothing was evaluated
