@@ -1,7 +1,8 @@
 """Validate before compute: every check a command can make without loading a model, in one place.
 
-``preflight`` resolves the model source and checks the backend, task and proposal names, the task's field mapping,
-the data of the splits the command reads, and on request the adapter to evaluate and the output dir to train in.
+``preflight`` resolves the model source and checks the backend, task, proposal and tracker names, the task's field
+mapping, the data of the splits the command reads, and on request the adapter to evaluate and the output dir to train
+in.
 A recipe error names the recipe file (a data error its data file). Each command prints its plan from the
 ``Preflight`` it gets back (``--dry_run`` stops there).
 """
@@ -22,6 +23,7 @@ from fem.proposals import check_proposal_name
 from fem.run_configs import Configs
 from fem.state import check_output_dir, run_config
 from fem.tasks import build_task, check_task_name, validate_task_data
+from fem.tracking import report_to_names
 from fem.utils.io import read_json
 
 
@@ -54,6 +56,7 @@ def preflight(
         for label in proposals:
             check_proposal_name(configs.eval_variant(label, "proposals").proposal)
         check_task_fields(configs)
+        report_to_names(configs.mstep.report_to)
         check_pairwise_options(configs)
         data = validate_task_data(configs.task, tuple(splits))
         if configs.eval.temperature_scaling and "train" in splits:

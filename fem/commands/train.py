@@ -10,6 +10,7 @@ from fem.preflight import Preflight, preflight, print_plan
 from fem.recipe import parse_configs
 from fem.run_configs import Configs
 from fem.tasks import build_task
+from fem.tracking import FEM_TRACKERS, report_to_names, trainer_report_to
 from fem.utils.distributed import is_main_process
 from fem.utils.io import read_jsonl
 
@@ -46,7 +47,18 @@ def plan(configs: Configs, checked: Preflight) -> dict[str, Any]:
         "rounds": configs.em.rounds,
         "lora": f"r={configs.model.lora_r}, alpha={configs.model.lora_alpha}, targets={configs.model.lora_target_modules}",
         "output_dir": f"{Path(configs.mstep.output_dir)} ({checked.output_status})",
+        "report_to": trackers_plan(configs.mstep.report_to),
     }
+
+
+def trackers_plan(report_to) -> str:
+    """Who reports where: fem's own trackers get the whole run, the others each round's trainer."""
+    ours = [n for n in report_to_names(report_to) if n in FEM_TRACKERS]
+    theirs = trainer_report_to(report_to)
+    parts = ([f"{', '.join(ours)} (rounds + M-step, one run)"] if ours else []) + (
+        [f"{', '.join(theirs)} (each round's trainer only)"] if theirs else []
+    )
+    return "; ".join(parts) or "none"
 
 
 def pairwise_plan(configs: Configs) -> dict[str, str]:
