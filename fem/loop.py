@@ -189,6 +189,7 @@ class EMRunner:
                 prior=estep.confidence_prior,
                 options=task.options,
                 seed=seed,
+                swap=task.swapped if task.pairwise else None,
             )
 
         start = time.perf_counter()

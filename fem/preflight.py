@@ -86,13 +86,23 @@ def check_calibration_split(configs: Configs) -> None:
 
 
 def check_pairwise_options(configs: Configs) -> None:
-    """Position swap and verdict balancing in the E-step need a pairwise task (a verdict between A and B)."""
+    """Position swap, verdict balancing and the debiased confidence target (both presentation orders) need a
+    pairwise task (a verdict between two candidates)."""
     options = [name for name in ("estep_position_swap", "estep_balance") if getattr(configs.estep, name)]
+    if configs.estep.confidence_target == "plain_readout_debiased":
+        options.append("confidence_target")
     if options and not build_task(configs.task).pairwise:
+        debiased = options[0] == "confidence_target"
+        what = (
+            "plain_readout_debiased averages both orders of a pair"
+            if debiased
+            else "no A/B verdict to swap or balance"
+        )
+        change = "use confidence_target plain_readout" if debiased else f"remove {options[0]}"
         raise ConfigError(
-            f"task '{configs.task.task}' is not pairwise (no A/B verdict to swap or balance)",
+            f"task '{configs.task.task}' is not pairwise ({what})",
             field=options[0],
-            fix=f"remove {options[0]}, or use a pairwise task (judge*, summarize)",
+            fix=f"{change}, or use a pairwise task (judge*, summarize)",
         )
 
 

@@ -72,6 +72,8 @@ def pairwise_plan(configs: Configs) -> dict[str, str]:
     target = e.confidence_target
     if target == "empirical":
         target += f" (m={e.confidence_samples} plain draws, prior a={e.confidence_prior})"
+    elif target == "plain_readout_debiased":
+        target += " (P(gold candidate) averaged over both orders)"
     swaps = "both orders" if e.estep_position_swap else "as given"
     return {"confidence": f"trained 'Confidence: N%' = {target}; pairs {swaps}, balance {e.estep_balance}"}
 

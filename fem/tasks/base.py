@@ -106,6 +106,10 @@ class Task(ABC):
         """The examples to evaluate for position consistency (pairwise tasks add each pair swapped)."""
         return list(examples)
 
+    def swapped(self, example: Example) -> Example:
+        """Pairwise tasks: the same pair with its two candidates exchanged and its gold verdict swapped."""
+        raise TypeError(f"task '{self.name}' is not pairwise: its examples have no swapped copy")
+
     def wrong_answer_text(self, example: Example) -> str | None:
         """A deliberately wrong answer written after the cue, for ``fem tasks check`` (None: not checked)."""
         return None
