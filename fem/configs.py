@@ -19,6 +19,8 @@ from fem.errors import ConfigError
 
 SCHEMES = ("rejection", "star", "pps")
 CUTS = ("uniform", "entropy")
+SMC_RESAMPLINGS = ("systematic", "multinomial")
+SMC_RESAMPLE_EVERY = ("block", "token")
 ANSWER_MODES = ("generate", "forced")
 TIE_POLICIES = ("drop", "third")
 
@@ -104,11 +106,11 @@ class TaskConfig:
 
 @dataclass
 class ProposalConfig:
-    """> Parameters of the proposal that draws each rationale (ancestral, power_mh, best_of_n, or a dotted path)."""
+    """> Parameters of the proposal that draws each rationale (ancestral, power_mh, power_smc, best_of_n, yours)."""
 
     proposal: str = field(
         default="ancestral",
-        metadata={"help": "ancestral | power_mh | best_of_n | a dotted path to your own Proposal class."},
+        metadata={"help": "ancestral | power_mh | power_smc | best_of_n | a dotted path to your own Proposal class."},
     )
     temperature: float = field(
         default=1.0, metadata={"help": "Sampling temperature (0 = greedy) for ancestral / best_of_n draws."}
@@ -159,13 +161,33 @@ class ProposalConfig:
     best_of_n: int = field(
         default=4, metadata={"help": "Draws per returned sample for best_of_n (highest mean base log p wins)."}
     )
+    # ---- power_smc (fem/proposals/smc.py); also uses power_alpha, power_block_size, power_proposal_temperature
+    smc_particles: int = field(
+        default=16, metadata={"help": "power_smc: particles per prompt, decoded in lockstep (Power-SMC uses 64)."}
+    )
+    smc_ess_threshold: float = field(
+        default=0.5, metadata={"help": "power_smc: resample when ESS / particles falls below this (0 = never)."}
+    )
+    smc_resampling: str = field(
+        default="systematic", metadata={"help": "power_smc: how ancestors are drawn: systematic or multinomial."}
+    )
+    smc_resample_every: str = field(
+        default="block",
+        metadata={"help": "power_smc: check the ESS at block boundaries (power_block_size) or after every token."},
+    )
+    smc_alpha_ramp: int = field(
+        default=0,
+        metadata={
+            "help": "power_smc: tokens over which the target exponent ramps linearly from 1 to alpha (0 = off)."
+        },
+    )
 
     def __post_init__(self) -> None:
         _check(
             bool(self.proposal),
             "proposal",
             "is empty",
-            "set proposal: ancestral, power_mh, best_of_n or a dotted path",
+            "set proposal: ancestral, power_mh, power_smc, best_of_n or a dotted path",
         )
         _check(
             self.temperature >= 0,
@@ -243,6 +265,37 @@ class ProposalConfig:
             f"must be >= 1 (got {self.best_of_n})",
             "set the number of draws per returned sample",
         )
+        self._check_smc()
+
+    def _check_smc(self) -> None:
+        """The power_smc keys (and the full-support proposal power_smc needs to be exact)."""
+        _check(
+            self.smc_particles >= 1,
+            "smc_particles",
+            f"must be >= 1 (got {self.smc_particles})",
+            "set the particles per prompt (Power-SMC uses 64)",
+        )
+        _check(
+            0 <= self.smc_ess_threshold <= 1,
+            "smc_ess_threshold",
+            f"must be in [0, 1] (got {self.smc_ess_threshold})",
+            "use a fraction of the particle count such as 0.5 (0 never resamples)",
+        )
+        _check_choice(self.smc_resampling, SMC_RESAMPLINGS, "smc_resampling")
+        _check_choice(self.smc_resample_every, SMC_RESAMPLE_EVERY, "smc_resample_every")
+        _check(
+            self.smc_alpha_ramp >= 0,
+            "smc_alpha_ramp",
+            f"must be >= 0 (got {self.smc_alpha_ramp})",
+            "set the ramp length in tokens, or 0 for no ramp",
+        )
+        if self.proposal == "power_smc":
+            _check(
+                self.top_k == 0 and self.top_p >= 1,
+                "top_k" if self.top_k else "top_p",
+                f"power_smc needs a full-support proposal (got top_k={self.top_k}, top_p={self.top_p})",
+                "set top_k: 0 and top_p: 1.0 (truncation leaves responses unreachable: no weight makes it exact)",
+            )
 
     @property
     def block_size(self) -> int:
