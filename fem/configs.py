@@ -324,6 +324,14 @@ class EStepConfig:
     reward_weighting: bool = field(
         default=False, metadata={"help": "Weight each kept sample's loss by its reward (graded rewards)."}
     )
+    reward_filter: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep only draws whose reward passes reward_threshold. false: keep every draw whatever its reward "
+            "(unfiltered power self-distillation, arXiv 2605.04542); a draw below the threshold is trained on "
+            "with its own answer, not the gold one."
+        },
+    )
     dedupe: bool = field(
         default=True, metadata={"help": "Drop kept rationales that repeat one already kept for the same example."}
     )
@@ -353,6 +361,12 @@ class EStepConfig:
             "reward_threshold",
             f"must be in [0, 1] (got {self.reward_threshold})",
             "rewards lie in [0, 1]; use 1.0 for exact correctness",
+        )
+        _check(
+            self.reward_filter or not self.reward_weighting,
+            "reward_weighting",
+            "weights unfiltered draws by their reward, which drops every reward-0 draw again",
+            "remove reward_weighting, or keep reward_filter: true",
         )
 
 

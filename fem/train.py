@@ -72,6 +72,8 @@ def _validate_before_compute(configs: Configs, *, check_output: bool = True) -> 
     proposal = p.proposal
     if proposal == "power_mh":
         proposal += f" (cut={p.power_cut}, alpha={p.power_alpha}, B={p.block_size}, T={p.max_new_tokens}, N={p.power_mh_steps})"
+    elif proposal == "power_smc":
+        proposal += f" (particles={p.smc_particles}, alpha={p.power_alpha}, B={p.block_size}, T={p.max_new_tokens}, resample {p.smc_resampling} at ESS < {p.smc_ess_threshold} per {p.smc_resample_every})"
     return {
         "model": f"{configs.model.model_name_or_path} -> {model_source[0] if model_source[0] != configs.model.model_name_or_path else 'hub id or not-yet-existing path: resolved at load time'}"
         + (f" [{model_source[1]}]" if model_source[1] else ""),
@@ -79,7 +81,9 @@ def _validate_before_compute(configs: Configs, *, check_output: bool = True) -> 
         + (f", eval {configs.eval.eval_answer_mode}" if configs.eval.eval_answer_mode else "")
         + ")",
         "data": data,
-        "scheme": f"{configs.estep.scheme} (M={configs.estep.estep_samples}, keep<={configs.estep.estep_max_keep})",
+        "scheme": f"{configs.estep.scheme} (M={configs.estep.estep_samples}, keep<={configs.estep.estep_max_keep}"
+        + ("" if configs.estep.reward_filter else ", unfiltered: every draw kept whatever its reward")
+        + ")",
         "proposal": proposal,
         "eval_proposal": configs.eval.eval_proposal or f"ancestral (temperature {configs.eval.eval_temperature})",
         "rounds": configs.em.rounds,

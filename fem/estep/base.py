@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from fem.errors import FemError
 from fem.proposals.base import Proposal, Trace
+from fem.tasks.answering import own_completion
 from fem.tasks.base import Example, Prediction, Task
 
 PLAIN, HINTED = "plain", "hinted"
@@ -27,6 +28,7 @@ class Sample:
     kept: bool = False
     reason: str | None = None  # why it was not kept
     weight: float = 1.0
+    own_completion: str | None = None  # the draw with its own answer (the target when kept without reward filter)
 
     @property
     def reward(self) -> float:
@@ -126,6 +128,7 @@ class ProposalDrawer:
                         trace=trace,
                         prediction=pred,
                         completion=self.train_completion(trace.text, examples[row], pred.confidence),
+                        own_completion=own_completion(self.task, examples[row], pred, trace.text),
                     )
                 )
                 i += 1
