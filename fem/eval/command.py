@@ -58,7 +58,8 @@ def proposal_variants(configs: Configs) -> list[tuple[str, Any]]:
 
     Without ``proposals`` the evaluation proposal is used (``eval_proposal``, default ancestral), as between EM
     rounds, so ``fem eval --adapter RUN_DIR`` reproduces the last round's eval. Every variant draws at
-    ``eval_temperature`` and ``eval_max_new_tokens`` (power_mh's suffix proposal runs at ``1/alpha`` whatever it is)."""
+    ``eval_temperature`` and ``eval_max_new_tokens`` (the proposals of power_mh and power_smc run at ``1/alpha``
+    whatever it is)."""
     names = configs.eval.proposal_list or [configs.eval.eval_proposal or "ancestral"]
     variants = []
     for label in names:
@@ -101,7 +102,8 @@ def validate_eval(configs: Configs, variants: list[tuple[str, Any]]) -> dict[str
         "data": f"eval={data['eval']}",
         "proposals": ", ".join(label for label, _ in variants),
         "settings": f"temperature={configs.eval.eval_temperature}, T={configs.eval.eval_max_new_tokens or p.max_new_tokens}, alpha={p.power_alpha}, "
-        f"B={p.block_size}, N={p.power_mh_steps}, beta={p.power_beta}, samples/prompt={configs.eval.num_samples}",
+        f"B={p.block_size}, N={p.power_mh_steps}, beta={p.power_beta}, samples/prompt={configs.eval.num_samples}"
+        + (f", smc_particles={p.smc_particles}" if any(c.proposal == "power_smc" for _, c in variants) else ""),
         "output_dir": str(Path(configs.mstep.output_dir) / "eval"),
     }
 
