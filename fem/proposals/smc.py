@@ -32,7 +32,8 @@ decision at token ``t`` depends only on tokens ``<= t``. No resampling once ever
 
 KV. With a backend that offers ``generate_cached`` (``HFBackend``) each particle keeps its row cache; a resampled
 particle continues from its ancestor's cache (shared, never re-encoded: each later call feeds one pending token
-per row). Other backends re-encode every prefix (exact, slower), counted as ``len(prefix) - 1`` tokens per row
+per row); a row's cache keeps sharing the prefix part with the cache it grew from (copy-on-write) until that chain
+is 8 calls deep, then it is copied into one segment. Other backends re-encode every prefix (exact, slower), counted as ``len(prefix) - 1`` tokens per row
 and call after the first (a backend that de-duplicates identical prefixes feeds fewer: see ``last_stats``).
 
 Output. ``num_samples`` traces per prompt are multinomial draws (with replacement) of final particles with
@@ -241,7 +242,7 @@ class PowerSMCProposal:
             conts, new_caches, fed = self._decode(prefixes, caps, caches, SamplingParams(temperature=tau), generator)
             for (system, i), cont, cache, n_fed in zip(rows, conts, new_caches, fed):
                 particle = system.particles[i]
-                particle.cache = cache.materialize() if cache is not None else None
+                particle.cache = _chained(cache)
                 system.cost.tokens_decoded += len(cont.token_ids)
                 system.cost.forward_passes += len(cont.token_ids)
                 if system.calls:  # the prompt's own encoding is not a re-encoding; one pending token per row is
@@ -365,6 +366,16 @@ class PowerSMCProposal:
                 )
             )
         return traces
+
+
+def _chained(cache: Any, max_depth: int = 8) -> Any:
+    """A row cache as returned: it shares the KV of the prefix it was decoded from (its ``base``, e.g. an ancestor's
+    cache shared by every resampled copy) until the chain gets ``max_depth`` deep; then one self-contained copy."""
+    depth, link = 0, cache
+    while link is not None:
+        depth += 1
+        link = getattr(link, "base", None)
+    return cache.materialize() if depth > max_depth else cache
 
 
 def _share(cost: Cost, j: int, k: int) -> Cost:
