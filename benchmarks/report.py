@@ -9,7 +9,7 @@ from typing import Any
 
 from _common import COLUMNS  # benchmarks/ is on sys.path when fem bench imports this module
 
-ORDER = ["exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em"]
+ORDER = ["exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em", "power"]
 TITLES = {
     "exactness": "1. Exactness: TV to the exact p^alpha on table LMs",
     "mixing": "2. Mixing versus decisions (stylized decision model)",
@@ -19,6 +19,7 @@ TITLES = {
     "memory": "6. Memory",
     "mstep": "7. M-step overhead (vs plain TRL SFTTrainer + LoRA)",
     "em": "8. EM schemes",
+    "power": "9. Power sampling at equal tokens: power_smc, power_mh and baselines (stylized decision model)",
 }
 
 

@@ -37,6 +37,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "memory": ("bench_memory.py", "peak RSS of the E-step, power_mh (64 chains) and one M-step"),
     "mstep": ("bench_mstep.py", "fem M-step vs a plain TRL SFTTrainer + LoRA script, tokens/s"),
     "em": ("bench_em.py", "EM schemes (rejection, STaR, PPS): acceptance, kept samples, eval accuracy"),
+    "power": (
+        "bench_power.py",
+        "equal-token accuracy and log p^alpha: ancestral, low-temp, best-of-n, power_mh, power_smc (stylized)",
+    ),
     "proposals": ("bench_proposals.py", "(legacy) backend and power_mh throughput in one script"),
 }
 # group -> {benchmark: its extra arguments}; the order is the order of the run and of BENCHMARKS.md
@@ -48,6 +52,7 @@ CORE: dict[str, list[str]] = {
     "throughput": ["--dtypes", "float32"],
     "quality": ["--gsm8k", "0"],
     "em": ["--no-smollm2"],
+    "power": ["--models", "even", "--multiples", "8", "--samples", "256"],
 }
 GROUPS = {"all": ALL, "core": CORE}
 

@@ -10,7 +10,7 @@ from helpers import run_fem
 def test_bench_list():
     res = run_fem("bench", "list", timeout=60)
     assert res.returncode == 0, res.stderr
-    for name in ("exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em"):
+    for name in ("exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em", "power"):
         assert name in res.stdout
 
 
@@ -51,11 +51,37 @@ def test_bench_exactness_and_mixing_quick(tmp_path):
     assert (tmp_path / "mixing.png").is_file()
 
 
+def test_bench_power_quick(tmp_path):
+    """The power study at a tiny size: every sampler at the same budget, exact references, a goal per budget."""
+    res = run_fem("bench", "power", "--quick", "--out", str(tmp_path), timeout=120)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    record = json.loads((tmp_path / "power.json").read_text())
+    _check_record(record, "power")
+    rows = record["results"]
+    samplers = [r["sampler"].split(" (")[0] for r in rows]
+    assert samplers == [
+        "ancestral",
+        "low temperature",
+        "best-of-4",
+        "power_mh uniform",
+        "power_mh entropy",
+        "power_smc",
+    ]
+    smc = rows[-1]
+    assert smc["tokens_per_sample"] == 4 * smc["T"] and rows[0]["wall_x_ancestral"] == 1.0
+    for r in rows:
+        assert 0 <= r["accuracy"] <= 1 and r["exact_accuracy_p_alpha"] > r["exact_accuracy_p"]
+        assert r["mean_log_pi"] <= 0 and r["exact_e_log_pi"] < 0
+    assert set(record["goals"]) == {"tiny_x4"}
+
+
 def test_bench_core_arguments_reach_the_script_and_its_record(tmp_path):
     """`fem bench core` passes each section's own arguments (here throughput's fp32-only) and the JSON names them."""
     from fem.bench import CORE
 
-    assert list(CORE) == ["exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em"]
+    assert list(CORE) == [
+        "exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em", "power"
+    ]  # fmt: skip
     res = run_fem("bench", "throughput", "--quick", *CORE["throughput"], "--out", str(tmp_path), timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     record = json.loads((tmp_path / "throughput.json").read_text())
