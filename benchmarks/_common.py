@@ -1,6 +1,9 @@
-"""Shared helpers of the benchmark scripts: machine info, load average, matmul roofline, JSON output.
+"""Shared helpers of the benchmark scripts: the harness (``main``), machine info, load average, matmul roofline,
+JSON output.
 
-Every script accepts ``--quick`` (seconds, used by tests/test_bench.py) and ``--out DIR`` and writes
+A script defines ``measure(args) -> Measured`` (and optionally its extra arguments) and ends with
+``C.main(NAME, __doc__, measure, arguments)``: the harness parses ``--quick`` (seconds, used by
+tests/test_bench.py), ``--out DIR`` and ``--seed``, sets one thread, measures, prints the goals and writes
 ``DIR/<name>.json`` = ``{"benchmark", "command", "machine", "settings", "results", "goals"}``.
 """
 
@@ -15,8 +18,10 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -141,6 +146,47 @@ def write(
     path.write_text(json.dumps(record, indent=2, default=float))
     print(f"\nwrote {path}")
     return path
+
+
+@dataclass
+class Measured:
+    """What a benchmark measured: the settings that define the run, its results, its goals (``goal`` each), and any
+    extra top-level keys of the JSON record (e.g. a plot's file name)."""
+
+    settings: dict[str, Any]
+    results: Any
+    goals: dict[str, dict[str, Any]]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def main(
+    name: str,
+    doc: str | None,
+    measure: Callable[[argparse.Namespace], Measured],
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> NoReturn:
+    """A benchmark script's whole run: its arguments, one thread, ``measure``, the goals printed, the JSON record
+    written, exit 0 (``measure`` raises ``SystemExit`` when the run cannot finish)."""
+    p = parser(name, doc)
+    if arguments is not None:
+        arguments(p)
+    args = p.parse_args()
+    setup_threads()
+    started = time.perf_counter()
+    measured = measure(args)
+    for g in measured.goals.values():
+        print(f"{'MET ' if g['met'] else ('----' if g['met'] is None else 'MISS')} {g['goal']}: {g['value']}")
+    write(
+        name,
+        args.out,
+        quick=args.quick,
+        settings=measured.settings,
+        results=measured.results,
+        goals=measured.goals,
+        started=started,
+        **measured.extra,
+    )
+    sys.exit(0)
 
 
 def goal(description: str, value: Any, met: bool | None) -> dict[str, Any]:

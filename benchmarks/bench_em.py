@@ -11,6 +11,7 @@ acceptance rate and kept samples of each E-step, and eval accuracy before traini
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -127,11 +128,7 @@ def run(template: str, label: str, scheme: str, tmp: Path, **kw) -> list[dict]:
     return rows
 
 
-def main() -> int:
-    p = C.parser(NAME, __doc__)
-    p.add_argument("--no-smollm2", action="store_true")
-    args = p.parse_args()
-    started = time.perf_counter()
+def measure(args: argparse.Namespace) -> C.Measured:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
@@ -177,10 +174,7 @@ def main() -> int:
                     },
                     None,
                 )
-    C.write(
-        NAME,
-        args.out,
-        quick=args.quick,
+    return C.Measured(
         settings={
             "toy": "tiny random Llama, toy_parity 60 train / 40 eval, forced, 4 draws/example, 2 rounds, 10 epochs",
             "judge": "SmolLM2-135M, LLMBar natural, forced E-step / generate eval, 16 train / 16 eval, 2 draws, "
@@ -188,10 +182,12 @@ def main() -> int:
         },
         results=rows,
         goals=goals,
-        started=started,
     )
-    return 0
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-smollm2", action="store_true")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    C.main(NAME, __doc__, measure, arguments)

@@ -17,6 +17,7 @@ Goal: ours <= 0.02, the reference kernels visibly biased.
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 import time
@@ -108,10 +109,7 @@ def noise_floor(target: dict, n: int, seed: int, reps: int = 20) -> float:
     return float(np.mean([0.5 * np.abs(rng.multinomial(n, p) / n - p).sum() for _ in range(reps)]))
 
 
-def main() -> int:
-    args = C.parser(NAME, __doc__).parse_args()
-    C.setup_threads()
-    started = time.perf_counter()
+def measure(args: argparse.Namespace) -> C.Measured:
     T, B = 4, 2
     if args.quick:
         seeds, alphas, N, chains, sampled_seeds = [0], [4.0], 30, 500, [0]
@@ -217,12 +215,7 @@ def main() -> int:
             all(r["er_outputs_identical"] for r in sampled),
         ),
     }
-    for g in goals.values():
-        print(f"{'MET ' if g['met'] else 'MISS'} {g['goal']}: {g['value']}")
-    C.write(
-        NAME,
-        args.out,
-        quick=args.quick,
+    return C.Measured(
         settings={
             "T": T,
             "B": B,
@@ -236,10 +229,8 @@ def main() -> int:
         },
         results=rows,
         goals=goals,
-        started=started,
     )
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    C.main(NAME, __doc__, measure)

@@ -11,11 +11,14 @@ phase's peak (load included) under 8 GB.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
+from typing import NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
@@ -26,7 +29,7 @@ NAME = "memory"
 def part(name: str, path: str) -> dict:
     import gc
 
-    import bench_proposals as BP
+    import _decoding as D
     import torch
 
     from fem.configs import ProposalConfig
@@ -48,15 +51,15 @@ def part(name: str, path: str) -> dict:
     out["kv_bytes_per_token"] = kv_per_token
     t0 = time.perf_counter()
     if name == "estep":
-        prompts = BP.chat_prompts(tok, 32)
+        prompts = D.chat_prompts(tok, 32)
         backend.generate(prompts, SamplingParams(), 64, generator=torch.Generator().manual_seed(0))
         out["tokens_held"] = sum(len(p) for p in prompts) + 32 * 64
     elif name == "decode64":
-        prompts = BP.chat_prompts(tok, 64)
+        prompts = D.chat_prompts(tok, 64)
         backend.generate(prompts, SamplingParams(), 32, generator=torch.Generator().manual_seed(0))
         out["tokens_held"] = sum(len(p) for p in prompts) + 64 * 32
     elif name == "power":
-        prompts = BP.chat_prompts(tok, 64)
+        prompts = D.chat_prompts(tok, 64)
         pc = ProposalConfig(
             proposal="power_mh",
             power_alpha=4.0,
@@ -81,19 +84,19 @@ def part(name: str, path: str) -> dict:
     return out
 
 
-def main() -> int:
-    p = C.parser(NAME, __doc__)
-    p.add_argument("--part", default=None, help="internal: run one phase and print its JSON")
-    p.add_argument("--model-path", default=None)
+def part_main() -> NoReturn:
+    """``bench_memory.py --part NAME --model-path PATH``: one phase in this fresh process; prints ``RESULT {json}``."""
+    p = argparse.ArgumentParser(prog="bench_memory.py --part")
+    p.add_argument("--part", required=True)
+    p.add_argument("--model-path", required=True)
     args = p.parse_args()
     C.setup_threads()
-    if args.part:
-        import warnings
+    warnings.filterwarnings("ignore")
+    print("RESULT " + json.dumps(part(args.part, args.model_path)))
+    sys.exit(0)
 
-        warnings.filterwarnings("ignore")
-        print("RESULT " + json.dumps(part(args.part, args.model_path)))
-        return 0
-    started = time.perf_counter()
+
+def measure(args: argparse.Namespace) -> C.Measured:
     import tempfile
 
     from fem.models import SMOLLM2_ALIAS
@@ -109,7 +112,7 @@ def main() -> int:
             line = next((s for s in proc.stdout.splitlines() if s.startswith("RESULT ")), None)
             if line is None:
                 print(proc.stderr[-2000:], file=sys.stderr)
-                return 1
+                raise SystemExit(1)
             r = json.loads(line[7:])
             r["load"] = C.load()
             rows.append(r)
@@ -133,12 +136,7 @@ def main() -> int:
         ),
         "under_8gb": C.goal("every phase's peak RSS < 8 GB (MB)", round(peak, 1), peak < 8192),
     }
-    for g in goals.values():
-        print(f"{g['met']} {g['goal']}: {g['value']}")
-    C.write(
-        NAME,
-        args.out,
-        quick=args.quick,
+    return C.Measured(
         settings={
             "model": label,
             "dtype": "float32",
@@ -150,10 +148,10 @@ def main() -> int:
         },
         results=rows,
         goals=goals,
-        started=started,
     )
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if "--part" in sys.argv:
+        part_main()
+    C.main(NAME, __doc__, measure)

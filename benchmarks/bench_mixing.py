@@ -11,6 +11,7 @@ in T; uniform-cut steps grow with T; report the uniform/entropy ratio at T = 128
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -121,10 +122,7 @@ def plot(rows: list[dict], out: Path, fixed_k: int, fixed_T: int) -> str | None:
     return path.name
 
 
-def main() -> int:
-    args = C.parser(NAME, __doc__).parse_args()
-    C.setup_threads()
-    started = time.perf_counter()
+def measure(args: argparse.Namespace) -> C.Measured:
     if args.quick:
         Ts, ks, fixed_k, fixed_T, chains, max_steps = [16, 32], [1, 2], 2, 16, 64, 150
     else:
@@ -169,12 +167,7 @@ def main() -> int:
         "entropy_grows_in_k": C.goal(f"entropy-cut steps grow with k at T = {fixed_T}", ent_k, ent_k[-1] > ent_k[0]),
         "ratio_at_Tmax": C.goal(f"uniform / entropy steps at T = {Tmax}", ratio, None),
     }
-    for g in goals.values():
-        print(f"{'MET ' if g['met'] else ('----' if g['met'] is None else 'MISS')} {g['goal']}: {g['value']}")
-    C.write(
-        NAME,
-        out,
-        quick=args.quick,
+    return C.Measured(
         settings={
             "m": 3,
             "alpha": 4.0,
@@ -189,11 +182,9 @@ def main() -> int:
         },
         results=rows,
         goals=goals,
-        started=started,
-        plot=png,
+        extra={"plot": png},
     )
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    C.main(NAME, __doc__, measure)

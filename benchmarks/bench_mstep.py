@@ -8,10 +8,10 @@ end-to-end wall, incl. model copy and adapter save). Goal: fem within 5 % of pla
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -21,10 +21,7 @@ import _mstep_common as M  # noqa: E402
 NAME = "mstep"
 
 
-def main() -> int:
-    args = C.parser(NAME, __doc__).parse_args()
-    C.setup_threads()
-    started = time.perf_counter()
+def measure(args: argparse.Namespace) -> C.Measured:
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -73,12 +70,7 @@ def main() -> int:
         ),
         "wall_ratio": C.goal("same, end-to-end wall (model copy + save included)", round(ratio_w, 3), None),
     }
-    for g in goals.values():
-        print(f"{g['met']} {g['goal']}: {g['value']}")
-    C.write(
-        NAME,
-        args.out,
-        quick=args.quick,
+    return C.Measured(
         settings={
             "model": label,
             "steps": steps,
@@ -89,10 +81,8 @@ def main() -> int:
         },
         results=rows,
         goals=goals,
-        started=started,
     )
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    C.main(NAME, __doc__, measure)

@@ -18,6 +18,7 @@ cost on an accelerator; the SmolLM2 arm (added later) measures that.
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 import time
@@ -148,14 +149,7 @@ def study(model: str, multiples: list[int], samples: int, seed: int) -> list[dic
     return rows
 
 
-def main() -> int:
-    p = C.parser(NAME, __doc__)
-    p.add_argument("--models", default=None, help="comma-separated: even, many, late (default all; --quick: tiny)")
-    p.add_argument("--multiples", default=None, help="token budgets as multiples of T (default 4,16; --quick: 4)")
-    p.add_argument("--samples", type=int, default=None, help="returned samples per sampler (default 2000)")
-    args = p.parse_args()
-    C.setup_threads()
-    started = time.perf_counter()
+def measure(args: argparse.Namespace) -> C.Measured:
     check_exact_stats()
     models = (args.models or ("tiny" if args.quick else "even,many,late")).split(",")
     multiples = [int(x) for x in (args.multiples or ("4" if args.quick else "4,16")).split(",")]
@@ -175,10 +169,7 @@ def main() -> int:
                  "smc_wall_x": smc["wall_x_ancestral"], "mh_wall_x": mh["wall_x_ancestral"]},
                 smc["accuracy"] >= mh["accuracy"] - 0.03,
             )  # fmt: skip
-    C.write(
-        NAME,
-        args.out,
-        quick=args.quick,
+    return C.Measured(
         settings={
             "alpha": ALPHA,
             "models": {m: MODELS[m] for m in models},
@@ -190,10 +181,14 @@ def main() -> int:
         },
         results=rows,
         goals=goals,
-        started=started,
     )
-    return 0
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", default=None, help="comma-separated: even, many, late (default all; --quick: tiny)")
+    p.add_argument("--multiples", default=None, help="token budgets as multiples of T (default 4,16; --quick: 4)")
+    p.add_argument("--samples", type=int, default=None, help="returned samples per sampler (default 2000)")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    C.main(NAME, __doc__, measure, arguments)

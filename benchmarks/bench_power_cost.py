@@ -1,5 +1,5 @@
 """(4) Power-sampling cost per MH step: fem's power_mh (KV reuse, lockstep batching over chains, exact early
-rejection) against a faithful re-implementation of the published reference loop (``bench_proposals.ReferenceMH``:
+rejection) against a faithful re-implementation of the published reference loop (``_decoding.ReferenceMH``:
 one ``model.generate`` per extension and per MH step, no cache reuse, batch 1, uniform cut; run on the first half
 of the chains, which it draws exactly as in a full run), at the same alpha, B, T, N and seeds, on SmolLM2-135M
 (fp32, one thread; the tiny model with --quick). Reported per MH step: wall time, tokens decoded, prefix tokens
@@ -9,22 +9,19 @@ re-encoded; and the cost of one power sample relative to one ancestral sample
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-import bench_proposals as BP  # noqa: E402
+import _decoding as D  # noqa: E402
 
 NAME = "power_cost"
 
 
-def main() -> int:
-    args = C.parser(NAME, __doc__).parse_args()
-    C.setup_threads()
-    started = time.perf_counter()
+def measure(args: argparse.Namespace) -> C.Measured:
     import tempfile
 
     from fem.generation.hf import HFBackend
@@ -39,11 +36,11 @@ def main() -> int:
             (4.0, 8, 32, 2, 2, 2) if args.quick else (4.0, 16, 64, 2, 4, 2)
         )
         load0 = C.load()
-        res = BP.bench_power(
+        res = D.bench_power(
             model,
             tok,
             backend,
-            BP.chat_prompts(tok, prompts_n),
+            D.chat_prompts(tok, prompts_n),
             samples,
             alpha,
             block,
@@ -107,17 +104,12 @@ def main() -> int:
             None,
         ),
     }
-    C.write(
-        NAME,
-        args.out,
-        quick=args.quick,
+    return C.Measured(
         settings={**res["settings"], "model": label, "dtype": "float32", "cut": "uniform"},
         results={"rows": rows, "raw": res},
         goals=goals,
-        started=started,
     )
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    C.main(NAME, __doc__, measure)

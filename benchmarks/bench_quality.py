@@ -11,6 +11,7 @@ entropy-cut power MH (alpha = 4), with decoded tokens per sample.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
@@ -155,12 +156,7 @@ def gsm8k(n: int, T: int, B: int, N: int, seed: int) -> list[dict]:
     return rows
 
 
-def main() -> int:
-    p = C.parser(NAME, __doc__)
-    p.add_argument("--gsm8k", type=int, default=None, help="GSM8K questions (default 6; 0 = skip; --quick skips)")
-    args = p.parse_args()
-    C.setup_threads()
-    started = time.perf_counter()
+def measure(args: argparse.Namespace) -> C.Measured:
     rows = stylized(64 if args.quick else 512, 4, args.seed)
     n_gsm = 0 if args.quick else (6 if args.gsm8k is None else args.gsm8k)
     T, B, N = 48, 16, 2
@@ -181,10 +177,7 @@ def main() -> int:
         goals["gsm8k"] = C.goal(
             "GSM8K slice accuracies (SmolLM2-135M; no gain expected)", {r["sampler"]: r["accuracy"] for r in gsm}, None
         )
-    C.write(
-        NAME,
-        args.out,
-        quick=args.quick,
+    return C.Measured(
         settings={
             "alpha": ALPHA,
             "stylized": "m=3 k=3 T=32 B=8 N=4",
@@ -199,10 +192,12 @@ def main() -> int:
         },
         results=rows,
         goals=goals,
-        started=started,
     )
-    return 0
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gsm8k", type=int, default=None, help="GSM8K questions (default 6; 0 = skip; --quick skips)")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    C.main(NAME, __doc__, measure, arguments)

@@ -7,13 +7,13 @@ process. Reported: tokens/s, ratio to the generate loop, fraction of roofline, l
 
 from __future__ import annotations
 
+import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-import bench_proposals as BP  # noqa: E402
+import _decoding as D  # noqa: E402
 
 NAME = "throughput"
 
@@ -27,15 +27,15 @@ def run_model(
     model, tok = load_model_and_tokenizer(path, dtype=dtype)
     params = sum(p.numel() for p in model.parameters())
     backend = HFBackend(model, tok)
-    prompts = BP.chat_prompts(tok, max(batches + [loop_prompts]))
+    prompts = D.chat_prompts(tok, max(batches + [loop_prompts]))
     roof = C.matmul_gflops(dtype)
     roof_tps = roof["gflops_best"] * 1e9 / (2 * params)
     rows = []
-    BP.backend_tps(backend, prompts[:2], 2, 4, seed)  # warm-up
-    loop = BP.generate_loop_tps(model, tok, prompts[:loop_prompts], max_new, seed)
+    D.backend_tps(backend, prompts[:2], 2, 4, seed)  # warm-up
+    loop = D.generate_loop_tps(model, tok, prompts[:loop_prompts], max_new, seed)
     loop_load = C.load()
     for b in batches:
-        r = BP.backend_tps(backend, prompts[: max(b, loop_prompts) if b == 1 else b], b, max_new, seed)
+        r = D.backend_tps(backend, prompts[: max(b, loop_prompts) if b == 1 else b], b, max_new, seed)
         rows.append(
             {
                 "model": label,
@@ -61,14 +61,7 @@ def run_model(
     return rows
 
 
-def main() -> int:
-    p = C.parser(NAME, __doc__)
-    p.add_argument(
-        "--dtypes", nargs="+", default=None, choices=["float32", "bfloat16"], help="default: both (--quick: float32)"
-    )
-    args = p.parse_args()
-    C.setup_threads()
-    started = time.perf_counter()
+def measure(args: argparse.Namespace) -> C.Measured:
     import tempfile
 
     from fem.models import SMOLLM2_ALIAS
@@ -92,17 +85,18 @@ def main() -> int:
         )
         for r in big
     }
-    C.write(
-        NAME,
-        args.out,
-        quick=args.quick,
+    return C.Measured(
         settings={"sampling": "do_sample, temperature 1, top_k 0", "threads": 1, "flops_per_token": "2 x parameters"},
         results=rows,
         goals=goals,
-        started=started,
     )
-    return 0
+
+
+def arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtypes", nargs="+", default=None, choices=["float32", "bfloat16"], help="default: both (--quick: float32)"
+    )
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    C.main(NAME, __doc__, measure, arguments)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from _common import COLUMNS  # benchmarks/ is on sys.path when fem bench imports this module
+from _common import COLUMNS  # benchmarks/ is on sys.path: fem bench runs this file as a script
 
 ORDER = ["exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em", "power"]
 TITLES = {
@@ -126,3 +127,7 @@ def write_report(out_dir: Path | str, target: Path | str | None = None) -> Path:
         lines += section(json.loads(path.read_text()), out_dir, md_dir)
     target.write_text("\n".join(lines) + "\n")
     return target
+
+
+if __name__ == "__main__":  # python benchmarks/report.py RESULTS_DIR [TARGET.md]  (what `fem bench report` runs)
+    print(f"wrote {write_report(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)}")

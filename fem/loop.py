@@ -8,44 +8,31 @@ eval restarts.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+from tqdm.auto import tqdm
+from trl import get_peft_config
 
-from fem.configs import Configs
 from fem.estep.runner import kept_samples, run_estep
 from fem.estep.schemes import build_scheme
 from fem.eval.evaluate import EvalProgress, eval_examples, evaluate
+from fem.mstep.sft import check_eos, train_adapter
+from fem.report import build_report
+from fem.run_configs import Configs
 from fem.runtime import Runtime, build_runtime
-from fem.state import RunState
+from fem.state import RunState, run_config
 from fem.utils.distributed import World, current_world
 from fem.utils.faults import crash_point
-from fem.utils.io import atomic_write_json, atomic_write_text, read_jsonl
+from fem.utils.io import atomic_write_json, atomic_write_text, read_json, read_jsonl, write_jsonl
 from fem.utils.logging import get_logger
 from fem.utils.run_info import run_record
 from fem.utils.seeding import derive_seed, seed_everything
 
 logger = get_logger(__name__)
-
-
-MSTEP_RESULT_KEYS = (
-    "seed",
-    "learning_rate",
-    "num_train_epochs",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "max_length",
-    "lr_scheduler_type",
-    "warmup_steps",
-    "weight_decay",
-)
-
-
-def run_config(configs: Configs) -> dict[str, Any]:
-    """The resolved config recorded in ``config.yaml`` and fingerprinted in ``state.json``."""
-    return {**configs.flat(), **{k: getattr(configs.mstep, k, None) for k in MSTEP_RESULT_KEYS}}
 
 
 def round_dir(output_dir: Path, round_index: int) -> Path:
@@ -86,8 +73,6 @@ class EMRunner:
         self.eval_examples = eval_examples(
             self.runtime.task, self.runtime.task.load("eval"), self.configs.eval.eval_position_swap
         )
-        from fem.mstep.sft import check_eos
-
         check_eos(self.runtime.tokenizer, self.runtime.backend.eos_token_ids)
         if self.state.last_adapter:
             self.runtime.backend.load_adapter(self.state.last_adapter)
@@ -115,8 +100,6 @@ class EMRunner:
         """report.md and plots/ (a failure to plot never fails a finished run; `fem report` can retry)."""
         if not self.world.is_main:
             return
-        from fem.eval.report import build_report
-
         try:
             path = build_report(self.output_dir)
             logger.info("report: %s", path)
@@ -129,8 +112,6 @@ class EMRunner:
         metrics_path = rdir / "metrics.json"
         metrics: dict[str, Any] = {"round": k}
         if metrics_path.exists():
-            from fem.utils.io import read_json
-
             metrics.update(read_json(metrics_path))
         if not self.state.done(k, "estep"):
             logger.info(
@@ -172,8 +153,6 @@ class EMRunner:
         assert self.runtime is not None
         proposal = self.runtime.proposal()
         start = time.perf_counter()
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(self.train_examples), desc=f"E-step round {k}", disable=not self.world.is_main)
         metrics = run_estep(
             round_index=k,
@@ -194,10 +173,6 @@ class EMRunner:
 
     def mstep(self, k: int, rdir: Path) -> dict[str, Any]:
         """Train this round's adapter on the kept samples (from the base model by default), save, verify, load it."""
-        from trl import get_peft_config
-
-        from fem.mstep.sft import train_adapter
-
         assert self.runtime is not None and self.state is not None
         by_id = {e.id: e for e in self.train_examples}
         rows = [
@@ -233,8 +208,6 @@ class EMRunner:
         return metrics
 
     def _copy_adapter(self, source: str, target: Path) -> None:
-        import shutil
-
         if self.world.is_main:
             if target.exists():
                 shutil.rmtree(target)
@@ -280,13 +253,4 @@ class EMRunner:
         path = self.output_dir / "metrics.jsonl"
         lines = [m for m in read_jsonl(path, repair=True) if m.get("round") != metrics.get("round")]
         lines.append({k: v for k, v in metrics.items() if k != "mstep/loss_curve"})
-        atomic_write_text(path, "".join(_json_line(m) for m in sorted(lines, key=lambda m: m["round"])))
-
-
-def _json_line(record: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(record, sort_keys=True, default=str) + "\n"
-
-
-__all__ = ["EMRunner", "round_dir", "run_config"]
+        write_jsonl(path, sorted(lines, key=lambda m: m["round"]))

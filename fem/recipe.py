@@ -7,6 +7,7 @@ carries Python object tags.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -16,20 +17,44 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import HfArgumentParser
+from trl import TrlParser
 
-from fem.configs import FEM_DATACLASSES, Configs, model_config_class, mstep_config_class, validate_configs
+from fem.configs import FEM_DATACLASSES
 from fem.errors import ConfigError
+from fem.run_configs import Configs, validate_configs
+from fem.trl_configs import FemModelConfig, MStepConfig
+from fem.validation import RULE_KEYS, argparse_metadata, fem_field_names
 
 # Command-line shorthands documented in `fem eval --help`.
 ALIASES = {"--limit": "--eval_limit"}
-RESERVED_KEYS = {"env"}
-STRING_OR_LIST_KEYS = {
-    "lora_target_modules"
-}  # PEFT takes "all-linear" as well as a list of module names  # TrlParser's `env:` block sets environment variables
+RESERVED_KEYS = {"env"}  # TrlParser's `env:` block sets environment variables
+STRING_OR_LIST_KEYS = {"lora_target_modules"}  # PEFT takes "all-linear" as well as a list of module names
 
 
 def all_dataclasses() -> tuple[type, ...]:
-    return FEM_DATACLASSES + (mstep_config_class(), model_config_class())
+    """Every dataclass a recipe fills, in the order ``parse_configs`` unpacks them."""
+    return FEM_DATACLASSES + (MStepConfig, FemModelConfig)
+
+
+class RecipeParser(TrlParser):
+    """``TrlParser`` over fem's dataclasses. argparse takes a field's metadata as ``add_argument`` keywords, so the
+    fields fem declares reach it without their validation rules (``fem.validation``; the dataclasses check them)."""
+
+    def __init__(self) -> None:
+        self.fem_fields = frozenset().union(*(fem_field_names(cls) for cls in all_dataclasses()))
+        super().__init__(all_dataclasses())
+
+    def _parse_dataclass_field(self, parser, field: dataclasses.Field) -> None:  # type: ignore[override]
+        if field.name in self.fem_fields and RULE_KEYS & field.metadata.keys():
+            field = copy.copy(field)
+            field.metadata = types.MappingProxyType(argparse_metadata(field.metadata))
+        HfArgumentParser._parse_dataclass_field(parser, field)
+
+
+def recipe_parser() -> RecipeParser:
+    """The parser of every recipe key (``fem COMMAND --help-all`` prints its help)."""
+    return RecipeParser()
 
 
 def all_fields() -> dict[str, dataclasses.Field]:
@@ -172,9 +197,7 @@ def parse_configs(argv: Sequence[str]) -> Configs:
     if recipe is not None:
         data = load_recipe(recipe)
         check_recipe_keys(data, recipe)
-    from trl import TrlParser
-
-    parser = TrlParser(all_dataclasses())
+    parser = recipe_parser()
     parser.error = _raise_parse_error  # argparse would print usage and exit 2
     try:
         parsed = parser.parse_args_and_config(list(argv))

@@ -1,17 +1,25 @@
-"""What every command builds once: task, model, tokenizer, generation backend; and proposals/drawers on top."""
+"""What every command builds once: task, model, tokenizer, generation backend; and proposals and drawers on top."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fem.configs import Configs
-from fem.estep.base import PLAIN, ProposalDrawer
+from fem.configs import ProposalConfig
+from fem.drawing import PLAIN, ProposalDrawer, render_prompt
+from fem.generation import build_backend
+from fem.generation.base import GenerationBackend, SupportsPromptReuse
+from fem.models import load_model_and_tokenizer
+from fem.proposals import build_proposal
 from fem.proposals.base import Proposal
-from fem.tasks.base import Example, Messages, Task
+from fem.readout import score_completions
+from fem.run_configs import Configs
+from fem.tasks import build_task
+from fem.tasks.answering import training_completion
+from fem.tasks.base import Example, Messages, Prediction, Task
 from fem.utils.distributed import World
 from fem.utils.logging import get_logger
 
@@ -24,7 +32,7 @@ class Runtime:
     task: Task
     model: Any
     tokenizer: Any
-    backend: Any
+    backend: GenerationBackend
     world: World
 
     def plain_messages(self, example: Example) -> Messages:
@@ -34,34 +42,19 @@ class Runtime:
     def messages(self, example: Example, origin: str) -> Messages:
         return self.task.prompt(example) if origin == PLAIN else self.task.hinted_prompt(example)
 
-    def proposal(
-        self, name: str | None = None, *, temperature: float | None = None, max_new_tokens: int | None = None
-    ) -> Proposal:
-        from fem.proposals import build_proposal
+    def proposal(self, config: ProposalConfig | None = None) -> Proposal:
+        """The proposal ``config`` names (default: the E-step's) on this runtime's backend."""
+        return build_proposal(config or self.configs.proposal, self.backend)
 
-        config = self.configs.proposal
-        if temperature is not None:
-            config = dataclasses.replace(config, temperature=temperature)
-        if max_new_tokens is not None:
-            config = dataclasses.replace(config, max_new_tokens=max_new_tokens)
-        return build_proposal(config, self.backend, name=name or config.proposal)
-
-    def eval_proposal(self, name: str | None = None) -> Proposal:
-        """The evaluation proposal: ``eval_proposal`` (default ancestral) at ``eval_temperature`` and
+    def eval_proposal(self) -> Proposal:
+        """The evaluation proposal of the EM loop: ``eval_proposal`` (default ancestral) at ``eval_temperature`` and
         ``eval_max_new_tokens``."""
-        return self.proposal(
-            name or self.configs.eval.eval_proposal or "ancestral",
-            temperature=self.configs.eval.eval_temperature,
-            max_new_tokens=self.configs.eval.eval_max_new_tokens,
-        )
+        return self.proposal(self.configs.eval_variant(self.configs.eval.eval_proposal or "ancestral"))
 
     def drawer(self, proposal: Proposal, *, sample_answers: bool = False) -> ProposalDrawer:
         """Draw and score with ``proposal``. ``sample_answers`` (the E-step): in forced answer mode the verdict is
         sampled from the model's option probabilities; otherwise (evaluation) it is their argmax, in the
         evaluation's answer mode (``eval_answer_mode``, default ``answer_mode``)."""
-        from fem.tasks.answering import score_completions, training_completion
-        from fem.tasks.prompting import render_prompt
-
         mode = self.configs.task.answer_mode
         if not sample_answers:
             mode = self.configs.eval.eval_answer_mode or mode
@@ -69,10 +62,14 @@ class Runtime:
         def render(example: Example, origin: str) -> list[int]:
             return render_prompt(self.tokenizer, self.messages(example, origin))
 
-        def score(examples, prompts, completions, seed):
+        def score(
+            examples: Sequence[Example], prompts: Sequence[list[int]], completions: Sequence[str], seed: int
+        ) -> list[Prediction]:
             rng = random.Random(seed) if sample_answers else None
             return score_completions(self.task, self.backend, examples, completions, mode, prompt_ids=prompts, rng=rng)
 
+        # the forced read-out extends each prompt: keep the prompts' KV for it (no use, and no memory, otherwise)
+        reuse = mode == "forced" and isinstance(self.backend, SupportsPromptReuse)
         return ProposalDrawer(
             task=self.task,
             proposal=proposal,
@@ -81,19 +78,12 @@ class Runtime:
             train_completion=lambda rationale, example, confidence=None: training_completion(
                 self.task, rationale, example, confidence
             ),
-            # the forced read-out extends each prompt: keep the prompts' KV for it (no use, and no memory, otherwise)
-            session=getattr(self.backend, "reuse_prompts", contextlib.nullcontext)
-            if mode == "forced"
-            else contextlib.nullcontext,
+            session=self.backend.reuse_prompts if reuse else contextlib.nullcontext,
         )
 
 
 def build_runtime(configs: Configs, world: World) -> Runtime:
     """Load the task's data (validated), the model, the tokenizer and the generation backend."""
-    from fem.generation import build_backend
-    from fem.models import load_model_and_tokenizer
-    from fem.tasks import build_task
-
     task = build_task(configs.task)
     model_cfg = configs.model
     logger.info("loading model %s", model_cfg.model_name_or_path)

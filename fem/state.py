@@ -10,13 +10,31 @@ from pathlib import Path
 from typing import Any
 
 from fem.errors import ConfigError
-from fem.utils.io import atomic_write_json, read_json, remove_stale_temp_files
+from fem.run_configs import Configs
+from fem.utils.io import atomic_write_json, is_temp_file, read_json, remove_stale_temp_files
 
 STATE_FILE = "state.json"
 PHASES = ("estep", "mstep", "eval")
 
+# M-step settings that change a run's results (with every field of fem's own configs and the model's).
+MSTEP_RESULT_KEYS = (
+    "seed",
+    "learning_rate",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "weight_decay",
+)
 # Keys that may change between a run and its resumption without changing any result already on disk.
 RESUMABLE_KEYS = {"rounds", "dry_run", "overwrite_output_dir_contents", "proposals", "adapter", "eval_before_training"}
+
+
+def run_config(configs: Configs) -> dict[str, Any]:
+    """The resolved config recorded in ``config.yaml`` and fingerprinted in ``state.json``."""
+    return {**configs.flat(), **{k: getattr(configs.mstep, k, None) for k in MSTEP_RESULT_KEYS}}
 
 
 def fingerprint(config: dict[str, Any]) -> dict[str, Any]:
@@ -90,8 +108,6 @@ def check_output_dir(output_dir: Path, config: dict[str, Any], *, overwrite: boo
             f"{output_dir} is not a directory", field="output_dir", fix="choose a new output_dir (a directory path)"
         )
     if not (output_dir / STATE_FILE).exists():
-        from fem.utils.io import is_temp_file
-
         # a run killed before its first state.json left only config.yaml (and a temp file): it resumes as new
         leftovers = {p.name for p in output_dir.iterdir() if not is_temp_file(p)} if output_dir.exists() else set()
         if leftovers - {"config.yaml"} and not overwrite:

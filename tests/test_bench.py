@@ -77,7 +77,7 @@ def test_bench_power_quick(tmp_path):
 
 def test_bench_core_arguments_reach_the_script_and_its_record(tmp_path):
     """`fem bench core` passes each section's own arguments (here throughput's fp32-only) and the JSON names them."""
-    from fem.bench import CORE
+    from fem.commands.bench import CORE
 
     assert list(CORE) == [
         "exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em", "power"
@@ -87,3 +87,24 @@ def test_bench_core_arguments_reach_the_script_and_its_record(tmp_path):
     record = json.loads((tmp_path / "throughput.json").read_text())
     assert record["command"] == "fem bench throughput --quick --dtypes float32"
     assert {r["dtype"] for r in record["results"]} == {"float32"}
+
+
+def test_bench_finds_the_scripts_from_the_checkout_root_without_an_editable_install(tmp_path, monkeypatch):
+    """A regular install has no benchmarks/ next to the package: fem bench uses ./benchmarks or $FEM_BENCHMARKS."""
+    import pytest
+
+    from fem.commands import bench
+    from fem.errors import FemError
+
+    monkeypatch.setattr(bench, "__file__", str(tmp_path / "site-packages" / "fem" / "commands" / "bench.py"))
+    monkeypatch.delenv("FEM_BENCHMARKS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FemError, match="no benchmarks folder"):
+        bench.benchmarks_dir()
+    (tmp_path / "elsewhere" / "benchmarks").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "benchmarks" / "_common.py").write_text("")
+    monkeypatch.setenv("FEM_BENCHMARKS", str(tmp_path / "elsewhere" / "benchmarks"))
+    assert bench.benchmarks_dir() == (tmp_path / "elsewhere" / "benchmarks").resolve()
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "_common.py").write_text("")
+    assert bench.benchmarks_dir() == (tmp_path / "benchmarks").resolve()

@@ -65,13 +65,13 @@ def test_embedded_smollm2_is_trainable_with_trl(tmp_path):
     from peft import LoraConfig
     from trl import SFTTrainer
 
-    from fem.configs import mstep_config_class
     from fem.mstep.sft import build_dataset
+    from fem.trl_configs import MStepConfig
 
     model, tokenizer = load_model_and_tokenizer(SMOLLM2_ALIAS)
     assert not getattr(model, "is_quantized", False) and getattr(model, "hf_quantizer", None) is None
     rows = [{"prompt": [{"role": "user", "content": "2+2?"}], "completion": "4", "weight": 1.0}] * 2
-    args = mstep_config_class()(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, report_to="none")
+    args = MStepConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, report_to="none")
     trainer = SFTTrainer(
         model=model,
         args=args,

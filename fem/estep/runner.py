@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fem.estep.base import HINTED, PLAIN, Drawer
+from fem.drawing import HINTED, PLAIN, Drawer
 from fem.estep.schemes import Scheme
 from fem.tasks.base import Example
 from fem.utils.distributed import World
 from fem.utils.faults import crash_point
-from fem.utils.io import JsonlWriter, atomic_write_text, read_jsonl
+from fem.utils.io import JsonlWriter, read_jsonl, write_jsonl
 from fem.utils.logging import get_logger
 from fem.utils.seeding import derive_seed
 
@@ -27,10 +27,6 @@ logger = get_logger(__name__)
 
 SAMPLES = "samples.jsonl"
 PROGRESS = "estep_progress.jsonl"
-
-
-def _shard_name(name: str, world: World) -> str:
-    return name if world.size == 1 else name.replace(".jsonl", f".rank{world.rank}.jsonl")
 
 
 def _restore(samples_path: Path, progress_path: Path) -> set[int]:
@@ -41,14 +37,8 @@ def _restore(samples_path: Path, progress_path: Path) -> set[int]:
     keep = [s for s in samples if int(s["chunk"]) in done]
     if len(keep) != len(samples):
         logger.info("resume: dropping %d samples of unfinished chunks", len(samples) - len(keep))
-        atomic_write_text(samples_path, "".join(_line(s) for s in keep))
+        write_jsonl(samples_path, keep)
     return done
-
-
-def _line(record: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(record, sort_keys=True, default=str) + "\n"
 
 
 def run_estep(
@@ -67,15 +57,14 @@ def run_estep(
 ) -> dict[str, float]:
     """Draw, score and filter samples for ``examples``; returns the round's E-step metrics (on every rank)."""
     round_dir.mkdir(parents=True, exist_ok=True)
-    samples_path = round_dir / _shard_name(SAMPLES, world)
-    progress_path = round_dir / _shard_name(PROGRESS, world)
+    samples_path = world.rank_file(round_dir / SAMPLES)
+    progress_path = world.rank_file(round_dir / PROGRESS)
     done = _restore(samples_path, progress_path)
-    chunks = [list(examples[i : i + chunk_size]) for i in range(0, len(examples), chunk_size)]
-    mine = [c for c in range(len(chunks)) if c % world.size == world.rank and c not in done]
+    mine = [(c, chunk) for c, chunk in world.chunks(examples, chunk_size) if c not in done]
     with JsonlWriter(samples_path) as samples_out, JsonlWriter(progress_path) as progress_out:
-        for c in mine:
+        for c, chunk in mine:
             start = time.perf_counter()
-            draws = scheme.run(chunks[c], drawer, seed=derive_seed(seed, "estep", round_index, c))
+            draws = scheme.run(chunk, drawer, seed=derive_seed(seed, "estep", round_index, c))
             records, stats = [], _chunk_stats(draws)
             for samples in draws:
                 for s in samples:
@@ -87,10 +76,10 @@ def run_estep(
             progress_out.write({"chunk": c, "time_s": time.perf_counter() - start, **stats})
             crash_point("estep.chunk_done")
             if progress_bar is not None:
-                progress_bar.update(len(chunks[c]))
-    world.barrier()
-    if world.size > 1 and world.is_main:
-        _merge_shards(round_dir, world.size)
+                progress_bar.update(len(chunk))
+    # every rank's samples in chunk order (deterministic whatever the world size); rank files stay for resuming
+    world.merge_rank_files(round_dir / SAMPLES, key=lambda s: (s["chunk"], s["example_id"], s["attempt"]))
+    world.merge_rank_files(round_dir / PROGRESS, key=lambda p: p["chunk"])
     world.barrier()
     return estep_metrics(round_dir, world.size, num_examples=len(examples))
 
@@ -114,26 +103,12 @@ def _chunk_stats(draws: list[list]) -> dict[str, Any]:
     return dict(stats)
 
 
-def _merge_shards(round_dir: Path, world_size: int) -> None:
-    """Gather every rank's samples into ``samples.jsonl`` in chunk order (deterministic whatever the world size)."""
-    samples, progress = [], []
-    for rank in range(world_size):
-        samples += read_jsonl(round_dir / SAMPLES.replace(".jsonl", f".rank{rank}.jsonl"))
-        progress += read_jsonl(round_dir / PROGRESS.replace(".jsonl", f".rank{rank}.jsonl"))
-    samples.sort(key=lambda s: (s["chunk"], s["example_id"], s["attempt"]))
-    progress.sort(key=lambda p: p["chunk"])
-    atomic_write_text(round_dir / SAMPLES, "".join(_line(s) for s in samples))
-    atomic_write_text(round_dir / PROGRESS, "".join(_line(p) for p in progress))
-
-
 def estep_metrics(round_dir: Path, world_size: int, *, num_examples: int) -> dict[str, float]:
-    """``estep/*`` metrics from the progress file(s)."""
-    names = (
-        [PROGRESS] if world_size == 1 else [PROGRESS.replace(".jsonl", f".rank{r}.jsonl") for r in range(world_size)]
-    )
+    """``estep/*`` metrics from the progress file of each of ``world_size`` ranks."""
     total: dict[str, float] = defaultdict(float)
-    for name in names:
-        for p in read_jsonl(round_dir / name):
+    world = World(size=world_size)
+    for rank in range(world_size):
+        for p in read_jsonl(world.rank_file(round_dir / PROGRESS, rank)):
             for k, v in p.items():
                 if k != "chunk":
                     total[k] += v

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fem.configs import EStepConfig
+from fem.drawing import HINTED, PLAIN, Drawer, Sample
 from fem.errors import ConfigError
-from fem.estep.base import HINTED, PLAIN, Drawer, Sample
 from fem.estep.filters import normalize_for_dedupe, rejection_reason
 from fem.tasks.base import Example
 

@@ -8,36 +8,30 @@ from __future__ import annotations
 
 import errno
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
+from fem.drawing import PLAIN, ProposalDrawer, Sample
 from fem.errors import FemError
-from fem.estep.base import PLAIN, ProposalDrawer
 from fem.tasks.base import Example, Prediction, Task
 from fem.utils.distributed import World
-from fem.utils.io import atomic_write_json, atomic_write_text, read_jsonl
+from fem.utils.io import atomic_write_json, atomic_write_text, read_json, read_jsonl, write_jsonl
 from fem.utils.seeding import derive_seed
-
-
-def _line(record: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(record, sort_keys=True, default=str) + "\n"
 
 
 def eval_examples(task: Task, examples: list[Example], position_swap: bool) -> list[Example]:
     """The examples to evaluate: pairwise tasks add each pair with its candidates swapped when asked."""
-    with_swaps = getattr(task, "with_swaps", None)
-    return with_swaps(examples) if position_swap and with_swaps is not None else examples
+    return task.with_swaps(examples) if position_swap else examples
 
 
 class EvalProgress:
     """A progress bar over prompts showing tokens/s and the running mean reward (main process only)."""
 
     def __init__(self, total: int, desc: str, enabled: bool = True):
-        from tqdm.auto import tqdm
-
         self.bar = tqdm(total=total, desc=desc, disable=not enabled)
 
     def __call__(self, n: int, records: list[dict[str, Any]]) -> None:
@@ -55,7 +49,7 @@ class EvalProgress:
         self.bar.close()  # before any error line, so that the error is the last line on stderr
 
 
-def prediction_record(example_id: str, proposal: str, sample: Any) -> dict[str, Any]:
+def prediction_record(example_id: str, proposal: str, sample: Sample) -> dict[str, Any]:
     pred: Prediction = sample.prediction
     return {
         "example_id": example_id,
@@ -114,8 +108,6 @@ def _draw_chunk(
 
 
 def _failed(exc: BaseException, proposal_name: str, span: str, out_dir: Path) -> EvalError:
-    import traceback
-
     where = out_dir / "error.txt"
     try:
         atomic_write_text(where, "".join(traceback.format_exception(exc)))
@@ -150,33 +142,22 @@ def evaluate(
         for stale in ("metrics.json", "error.txt"):
             (out_dir / stale).unlink(missing_ok=True)
     start = time.perf_counter()
-    chunks = [list(examples[i : i + chunk_size]) for i in range(0, len(examples), chunk_size)]
     records: list[dict[str, Any]] = []
-    for c in range(world.rank, len(chunks), world.size):
-        draws = _draw_chunk(drawer, chunks[c], num_samples, seed, c, proposal_name, out_dir)
-        for example, samples in zip(chunks[c], draws):
+    for c, chunk in world.chunks(examples, chunk_size):
+        draws = _draw_chunk(drawer, chunk, num_samples, seed, c, proposal_name, out_dir)
+        for example, samples in zip(chunk, draws):
             records += [{**prediction_record(example.id, proposal_name, s), "chunk": c} for s in samples]
         if progress is not None:
-            progress(len(chunks[c]), records)
-    shard = out_dir / (f"predictions.rank{world.rank}.jsonl" if world.size > 1 else "predictions.jsonl")
-    atomic_write_text(shard, "".join(_line(r) for r in records))
-    world.barrier()
-    metrics: dict[str, Any] = {}
+            progress(len(chunk), records)
+    path = out_dir / "predictions.jsonl"
+    write_jsonl(world.rank_file(path), records)
+    world.merge_rank_files(path, key=lambda r: (r["chunk"], r["example_id"], r["sample_index"]), remove=True)
     if world.is_main:
-        if world.size > 1:
-            records = [r for rank in range(world.size) for r in read_jsonl(out_dir / f"predictions.rank{rank}.jsonl")]
-            records.sort(key=lambda r: (r["chunk"], r["example_id"], r["sample_index"]))
-            atomic_write_text(out_dir / "predictions.jsonl", "".join(_line(r) for r in records))
-            for rank in range(world.size):
-                (out_dir / f"predictions.rank{rank}.jsonl").unlink(missing_ok=True)
+        records = read_jsonl(path) if world.size > 1 else records
         metrics = summarize(task, examples, records, wall_s=time.perf_counter() - start, proposal_name=proposal_name)
         atomic_write_json(out_dir / "metrics.json", metrics)
     world.barrier()
-    if not world.is_main:
-        from fem.utils.io import read_json
-
-        metrics = read_json(out_dir / "metrics.json")
-    return metrics
+    return metrics if world.is_main else read_json(out_dir / "metrics.json")
 
 
 def summarize(

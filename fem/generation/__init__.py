@@ -1,15 +1,24 @@
-"""Generation backends behind one protocol (``base.GenerationBackend``) and a lazy name -> class registry."""
+"""Generation backends behind one protocol (``base.GenerationBackend``): a registered name or a dotted path."""
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-from fem.errors import ConfigError
 from fem.generation.base import Continuation, DecodeStats, GenerationBackend, SamplingParams, StopCallback
+from fem.registry import Registry, missing_methods
 
 BACKENDS: dict[str, str] = {"hf": "fem.generation.hf.HFBackend"}
-UNSHIPPED: dict[str, str] = {"vllm": "the vLLM backend is not shipped yet (GPU-only extra)"}
+BACKEND_REGISTRY = Registry(
+    kind="backend",
+    entries=BACKENDS,
+    contract="your own GenerationBackend class (fem.generation.base), built as cls(model, tokenizer)",
+    missing=missing_methods(
+        "generate", "score", "next_token_logprobs", "encode", "decode", "load_adapter", "unload_adapter"
+    ),
+    unshipped={
+        "vllm": "the vLLM backend is not shipped yet (a GPU-only extra that cannot be tested without a GPU here)"
+    },
+)
 
 __all__ = [
     "BACKENDS",
@@ -19,17 +28,15 @@ __all__ = [
     "SamplingParams",
     "StopCallback",
     "build_backend",
+    "check_backend_name",
 ]
 
 
+def check_backend_name(name: str) -> None:
+    """Validate a backend name at config time (no model is loaded); raises ConfigError."""
+    BACKEND_REGISTRY.check(name)
+
+
 def build_backend(name: str, model: Any, tokenizer: Any) -> GenerationBackend:
-    """Construct the backend registered as ``name`` (imported lazily) around a loaded model and tokenizer."""
-    if name in UNSHIPPED:
-        raise ConfigError(UNSHIPPED[name], field="backend", fix="use backend: hf")
-    if name not in BACKENDS:
-        raise ConfigError(
-            f"'{name}' is not a generation backend", field="backend", fix=f"use one of {sorted(BACKENDS)}"
-        )
-    module_name, _, class_name = BACKENDS[name].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(model, tokenizer)
+    """Construct the backend registered as ``name`` (imported when resolved) around a loaded model and tokenizer."""
+    return BACKEND_REGISTRY.resolve(name)(model, tokenizer)

@@ -1,11 +1,15 @@
 """The generation backend protocol: batched decoding from token-id prefixes with per-token statistics.
 
-A backend is what a proposal drives. It never knows which proposal, sampler or task it serves.
+A backend is what a proposal drives. It never knows which proposal, sampler or task it serves. ``GenerationBackend``
+is what every backend provides; a backend's extra abilities are declared protocols of their own, which callers test
+with ``isinstance`` (``SupportsCachedGeneration``: keep each row's KV and restart from it; ``SupportsPromptReuse``:
+keep the prompts' KV for a read-out that extends them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -93,3 +97,53 @@ class GenerationBackend(Protocol):
         ...
 
     def unload_adapter(self) -> None: ...
+
+
+@runtime_checkable
+class CachedRow(Protocol):
+    """A backend's kept state of one decoded row (``HFBackend``: a ``RowCache`` of its KV), handed back in
+    ``caches=`` to resume from it. It may share storage with the cache it was resumed from: ``materialize()``
+    returns a self-contained copy (call it before that older cache is dropped)."""
+
+    token_ids: list[int]
+
+    def materialize(self) -> CachedRow: ...
+
+
+@dataclass
+class CachedGeneration:
+    """What ``generate_cached`` returns: one continuation, kept row (or None) and prefill count per input row."""
+
+    continuations: list[Continuation]
+    stats: DecodeStats
+    caches: list[CachedRow | None] = field(default_factory=list)
+    encoded: list[int] = field(default_factory=list)
+
+
+@runtime_checkable
+class SupportsCachedGeneration(Protocol):
+    """A backend that keeps each row's state and decodes again from any prefix that extends a prefix of it,
+    re-encoding only what the kept state does not cover (power_mh: one token per proposal)."""
+
+    def generate_cached(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        params: SamplingParams,
+        max_new_tokens: int | Sequence[int],
+        *,
+        caches: Sequence[CachedRow | None] | None = None,
+        keep_cache: bool = False,
+        generator: torch.Generator | None = None,
+        stop_callback: StopCallback | None = None,
+    ) -> CachedGeneration:
+        """``generate`` that starts row ``i`` from ``caches[i]`` (when given) and, with ``keep_cache``, returns
+        the state of each row that ends by EOS or its cap."""
+        ...
+
+
+@runtime_checkable
+class SupportsPromptReuse(Protocol):
+    """A backend that, inside ``reuse_prompts()``, keeps the prompts ``generate`` encodes and starts a later
+    prefix that extends one (the forced-answer read-out after a rationale) from the kept prompt."""
+
+    def reuse_prompts(self) -> AbstractContextManager[None]: ...

@@ -15,69 +15,17 @@ re-encodes only what follows the prompt.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
+from peft import PeftModel
 
-from fem.generation.base import Continuation, DecodeStats, SamplingParams, StopCallback
-from fem.generation.kv_cache import PreallocatedCache, PreallocatedLayer
-
-
-@dataclass
-class RowCache:
-    """KV states of the first ``length`` tokens of ``token_ids`` for one row.
-
-    The first ``base_length`` tokens live in ``base`` (shared with the cache this row was decoded from, not
-    copied); the rest in ``keys``/``values`` (per layer ``[heads, n, dim]``). ``materialize()`` makes one
-    self-contained copy, after which the base can be freed.
-    """
-
-    token_ids: list[int]
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-    base: RowCache | None = None
-    base_length: int = 0
-
-    @property
-    def length(self) -> int:
-        return self.base_length + (int(self.keys[0].shape[1]) if self.keys else 0)
-
-    def fill(self, layer: int, n: int, keys_out: torch.Tensor, values_out: torch.Tensor) -> None:
-        """Write the first ``n`` tokens' keys and values of ``layer`` into ``[heads, n, dim]`` tensors."""
-        shared = min(n, self.base_length)
-        if shared:
-            self.base.fill(layer, shared, keys_out[:, :shared], values_out[:, :shared])
-        if n > shared:
-            keys_out[:, shared:n] = self.keys[layer][:, : n - shared]
-            values_out[:, shared:n] = self.values[layer][:, : n - shared]
-
-    def materialize(self) -> RowCache:
-        """This cache as one segment per layer (a copy when it shares a base; itself otherwise)."""
-        if self.base is None:
-            return self
-        keys, values = [], []
-        for layer, (k_own, v_own) in enumerate(zip(self.keys, self.values)):
-            k = k_own.new_empty(k_own.shape[0], self.length, k_own.shape[2])
-            v = v_own.new_empty(v_own.shape[0], self.length, v_own.shape[2])
-            self.fill(layer, self.length, k, v)
-            keys.append(k)
-            values.append(v)
-        return RowCache(token_ids=self.token_ids, keys=keys, values=values)
-
-
-@dataclass
-class CachedGeneration:
-    """What ``generate_cached`` returns: one continuation, cache (or None) and prefill count per input row."""
-
-    continuations: list[Continuation]
-    stats: DecodeStats
-    caches: list[RowCache | None] = field(default_factory=list)
-    encoded: list[int] = field(default_factory=list)
+from fem.generation.base import CachedGeneration, Continuation, DecodeStats, SamplingParams, StopCallback
+from fem.generation.kv_cache import PreallocatedCache, PreallocatedLayer, PromptCache, RowCache, row_cache
+from fem.generation.sampling import sample_step
 
 
 def eos_ids_of(model: Any, tokenizer: Any) -> frozenset[int]:
@@ -91,51 +39,6 @@ def eos_ids_of(model: Any, tokenizer: Any) -> frozenset[int]:
             continue
         ids.update([int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)])
     return frozenset(ids)
-
-
-def truncated_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Logits of the sampling distribution: divided by the temperature, then top-k, then top-p (float32)."""
-    z = logits / params.temperature
-    vocab = z.shape[-1]
-    if 0 < params.top_k < vocab:
-        kth = torch.topk(z, params.top_k, dim=-1).values[:, -1:]
-        z = z.masked_fill(z < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_z, order = torch.sort(z, dim=-1, descending=True)
-        probs = torch.softmax(sorted_z, dim=-1)
-        before = torch.cumsum(probs, dim=-1) - probs
-        remove = before >= params.top_p
-        remove[:, 0] = False
-        z = z.scatter(1, order, sorted_z.masked_fill(remove, float("-inf")))
-    return z
-
-
-def sample_step(
-    logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One decoding step for a batch of logit rows: (token, base log p, log q, base entropy), all ``[batch]``.
-
-    Sampling uses the inverse CDF with one uniform per row, so a row's draw does not depend on the other rows.
-    """
-    logits = logits.float()
-    logp_all = torch.log_softmax(logits, dim=-1)
-    p_all = logp_all.exp()
-    entropy = -torch.where(p_all > 0, p_all * logp_all, torch.zeros_like(p_all)).sum(-1)
-    if params.temperature == 0:
-        token = torch.argmax(logits, dim=-1)
-        logq = torch.zeros(token.shape, dtype=torch.float32, device=logits.device)
-    else:
-        plain = params.temperature == 1.0 and params.top_k == 0 and params.top_p >= 1.0
-        logq_all = logp_all if plain else torch.log_softmax(truncated_logits(logits, params), dim=-1)
-        cdf = torch.cumsum(p_all if plain else logq_all.exp(), dim=-1)
-        total = cdf[:, -1:]
-        target = torch.minimum(
-            uniforms.to(cdf.device).unsqueeze(1) * total, torch.nextafter(total, torch.zeros_like(total))
-        )
-        token = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=logits.shape[-1] - 1)
-        logq = logq_all.gather(1, token[:, None]).squeeze(1)
-    logp = logp_all.gather(1, token[:, None]).squeeze(1)
-    return token, logp, logq, entropy
 
 
 class HFBackend:
@@ -161,9 +64,7 @@ class HFBackend:
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_token_id = int(pad) if pad is not None else min(self.eos_token_ids)
         self.score_batch_size = score_batch_size
-        self.prompt_cache_tokens = prompt_cache_tokens
-        self._prompt_cache: OrderedDict[tuple[int, ...], RowCache] = OrderedDict()
-        self._prompt_cache_depth = 0
+        self._prompt_cache = PromptCache(prompt_cache_tokens)
         self.readout_tokens_encoded = 0  # tokens next_token_logprobs fed to the model (the rest came from the cache)
         self._base_model = model
         self._adapter_path: str | None = None
@@ -186,47 +87,14 @@ class HFBackend:
     def adapter_path(self) -> str | None:
         return self._adapter_path
 
-    @contextlib.contextmanager
-    def reuse_prompts(self) -> Iterator[None]:
+    def reuse_prompts(self) -> AbstractContextManager[None]:
         """Within the block, keep the KV of the prompts ``generate`` encodes (LRU, at most ``prompt_cache_tokens``
         tokens) for ``next_token_logprobs`` to extend. Emptied when the outermost block exits: the weights may change
         between blocks (a new adapter, an M-step)."""
-        self._prompt_cache_depth += 1
-        try:
-            yield
-        finally:
-            self._prompt_cache_depth -= 1
-            if self._prompt_cache_depth == 0:
-                self._prompt_cache.clear()
-
-    def _remember_prompt(self, cache: Any, row: int, mask_row: torch.Tensor, prompt: list[int]) -> None:
-        key = tuple(prompt)
-        if key in self._prompt_cache:
-            self._prompt_cache.move_to_end(key)
-            return
-        if len(key) > self.prompt_cache_tokens:
-            return
-        self._prompt_cache[key] = self._row_cache(cache, row, mask_row, prompt)
-        held = sum(len(k) for k in self._prompt_cache)
-        while held > self.prompt_cache_tokens:
-            oldest, _ = self._prompt_cache.popitem(last=False)
-            held -= len(oldest)
-
-    def _cached_prompt(self, prefix: Sequence[int]) -> RowCache | None:
-        """The longest kept prompt that is a proper prefix of ``prefix``."""
-        best: tuple[int, ...] | None = None
-        for key in self._prompt_cache:
-            if len(key) < len(prefix) and (best is None or len(key) > len(best)) and tuple(prefix[: len(key)]) == key:
-                best = key
-        if best is None:
-            return None
-        self._prompt_cache.move_to_end(best)
-        return self._prompt_cache[best]
+        return self._prompt_cache.session()
 
     def load_adapter(self, path: str) -> None:
         """Load (or swap in) a PEFT adapter; later calls decode with it."""
-        from peft import PeftModel
-
         path = str(path)
         if isinstance(self._base_model, PeftModel):  # the caller handed us a PeftModel: add a named adapter
             name = f"fem_{abs(hash(path)) % 10**8}"
@@ -245,8 +113,6 @@ class HFBackend:
 
     def unload_adapter(self) -> None:
         """Back to the model this backend was built with."""
-        from peft import PeftModel
-
         if self._own_adapter is not None:
             self._base_model.delete_adapter(self._own_adapter)
             self._own_adapter = None
@@ -312,23 +178,6 @@ class HFBackend:
         next_pos = torch.tensor([c + len(f) for c, f in zip(reuse, fed)], dtype=torch.long)
         return logits, cache, mask, next_pos, [len(f) for f in fed]
 
-    @staticmethod
-    def _row_cache(
-        cache: Any,
-        row: int,
-        mask_row: torch.Tensor,
-        token_ids: list[int],
-        base: RowCache | None = None,
-        base_length: int = 0,
-    ) -> RowCache:
-        """Copy one batch row's KV out of ``cache``; the first ``base_length`` positions stay shared with ``base``."""
-        cols = mask_row.nonzero().squeeze(1)[base_length:].to(cache.layers[0].keys.device)
-        keys = [layer.keys[row].index_select(1, cols) for layer in cache.layers]
-        values = [layer.values[row].index_select(1, cols) for layer in cache.layers]
-        if not base_length:
-            base = None
-        return RowCache(token_ids=token_ids, keys=keys, values=values, base=base, base_length=base_length)
-
     # ------------------------------------------------------------------ generation
     def generate(
         self,
@@ -366,7 +215,9 @@ class HFBackend:
             raise ValueError(f"max_new_tokens has {len(caps)} entries for {n} prefixes")
         caches = list(caches) if caches is not None else [None] * n
         if self._prompt_cache:  # inside reuse_prompts: a prefix that extends a kept prompt starts from its KV
-            caches = [c if c is not None else self._cached_prompt(p) for c, p in zip(caches, prefixes)]
+            caches = [
+                c if c is not None else self._prompt_cache.longest_prefix_of(p) for c, p in zip(caches, prefixes)
+            ]
         if any(len(p) == 0 for p in prefixes):
             raise ValueError("every prefix needs at least one token")
         conts = [Continuation() for _ in range(n)]
@@ -392,10 +243,10 @@ class HFBackend:
                 src_caches.append(caches[i])
             src_of_row.append(sources[key])
         logits, cache, mask, next_pos, fed = self._prefill(src_prefixes, src_caches, room=max_cap)
-        if self._prompt_cache_depth > 0:
+        if self._prompt_cache.active:
             for s, (prefix, rc) in enumerate(zip(src_prefixes, src_caches)):
                 if rc is None:
-                    self._remember_prompt(cache, s, mask[s], prefix)
+                    self._prompt_cache.remember(cache, s, mask[s], prefix)
         stats.forward_passes += 1
         stats.tokens_encoded += sum(fed)
         seen: set[int] = set()
@@ -436,7 +287,7 @@ class HFBackend:
                     continue
                 if is_eos[b] or len(c.token_ids) >= caps[row]:
                     if keep_cache:  # only the newly encoded positions are copied; the reused prefix is shared
-                        out_caches[row] = self._row_cache(
+                        out_caches[row] = row_cache(
                             cache, b, mask[b], list(prefixes[row]) + c.token_ids, caches[row], reused[row]
                         )
                     continue
@@ -492,7 +343,11 @@ class HFBackend:
     def next_token_logprobs(self, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
         """Base next-token log-probabilities after each prefix, ``[batch, vocab]`` float32 on CPU. Inside
         ``reuse_prompts()`` a prefix that extends a prompt ``generate`` encoded re-encodes only what follows it."""
-        caches = [self._cached_prompt(p) for p in prefixes] if self._prompt_cache else [None] * len(prefixes)
+        caches = (
+            [self._prompt_cache.longest_prefix_of(p) for p in prefixes]
+            if self._prompt_cache
+            else [None] * len(prefixes)
+        )
         logits, _, _, _, fed = self._prefill([list(p) for p in prefixes], caches)
         self.readout_tokens_encoded += sum(fed)
         return torch.log_softmax(logits.float(), dim=-1).cpu()

@@ -7,6 +7,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from accelerate.utils import broadcast_object_list
+from safetensors.torch import load_file
+
 from fem.errors import FemError
 from fem.utils.faults import crash_point
 from fem.utils.logging import get_logger
@@ -23,8 +26,6 @@ class AdapterError(FemError):
 
 def verify_adapter(path: str | Path) -> dict[str, Any]:
     """Check an adapter dir holds a config and non-empty LoRA tensors; returns tensor count, values and sum |w|."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     weights, config = path / ADAPTER_WEIGHTS, path / ADAPTER_CONFIG
     if not weights.is_file() or not config.is_file():
@@ -73,8 +74,6 @@ def save_adapter(trainer, adapter_dir: Path) -> dict[str, Any]:
             logger.warning("adapter save was empty (%s); saving again from a gathered state dict", e)
             ok = False
     if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
         flag = [ok]
         broadcast_object_list(flag, from_process=0)
         ok = flag[0]

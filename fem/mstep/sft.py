@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from accelerate.state import AcceleratorState, GradientState
+from datasets import Dataset, disable_progress_bars
+from peft import PeftModel
+from transformers import PrinterCallback, TrainerCallback, set_seed
 from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
@@ -80,8 +83,6 @@ def check_eos(tokenizer, eos_token_ids: Sequence[int]) -> None:
 
 def build_dataset(rows: Sequence[dict[str, Any]], tokenizer, weighted: bool):
     """Prompt-completion rows (conversational when the tokenizer has a chat template) as a ``datasets.Dataset``."""
-    from datasets import Dataset
-
     conversational = bool(getattr(tokenizer, "chat_template", None))
     records = []
     for row in rows:
@@ -101,8 +102,6 @@ def build_dataset(rows: Sequence[dict[str, Any]], tokenizer, weighted: bool):
 def _fresh_accelerator_state() -> None:
     """Let each round build a new Trainer: accelerate refuses a second Accelerator with a DeepSpeed plugin in one
     process, so the per-run accelerator state is cleared (the process group, held by PartialState, is kept)."""
-    from accelerate.state import AcceleratorState, GradientState
-
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
 
@@ -121,13 +120,11 @@ def train_adapter(
 ) -> dict[str, Any]:
     """Fine-tune a LoRA adapter on ``rows`` (prompt messages, completion, weight) and save it to ``adapter_dir``.
 
-    The base model is copied, so the generation backend's model is never touched. ``args`` is the run's one
-    ``MStepConfig`` (never replaced: a second TrainingArguments would reset accelerate's distributed state).
+    The base model is copied, so the generation backend's model is never touched. ``args`` is the run's
+    ``MStepConfig``: this round trains with a shallow copy of it whose output dir, seeds and column handling are the
+    round's, so the run's config stays what the recipe said. (A copy, not a new ``TrainingArguments``: building one
+    would run its ``__post_init__`` again and reset accelerate's distributed state.)
     Returns ``mstep/*`` metrics and the loss curve."""
-    from datasets import disable_progress_bars
-    from peft import PeftModel
-    from transformers import PrinterCallback, set_seed
-
     disable_progress_bars()
 
     _fresh_accelerator_state()
@@ -138,6 +135,7 @@ def train_adapter(
         model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
         peft_config = None
     dataset = build_dataset(rows, tokenizer, weighted)
+    args = copy.copy(args)
     args.output_dir = str(adapter_dir.parent / "trainer")
     args.seed = seed
     args.data_seed = seed

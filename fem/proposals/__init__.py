@@ -3,11 +3,10 @@ path."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-from fem.errors import ConfigError
+from fem.configs import ProposalConfig
+from fem.generation.base import GenerationBackend
 from fem.proposals.base import Cost, Proposal, Trace
+from fem.registry import Registry, missing_methods
 
 PROPOSALS: dict[str, str] = {
     "ancestral": "fem.proposals.ancestral.AncestralProposal",
@@ -15,40 +14,26 @@ PROPOSALS: dict[str, str] = {
     "power_smc": "fem.proposals.smc.PowerSMCProposal",
     "best_of_n": "fem.proposals.best_of_n.BestOfNProposal",
 }
+PROPOSAL_REGISTRY = Registry(
+    kind="proposal",
+    entries=PROPOSALS,
+    contract="your own Proposal class (name, propose(prompts, num_samples, *, seed))",
+    missing=missing_methods("propose"),
+)
 
 __all__ = ["Cost", "PROPOSALS", "Proposal", "Trace", "build_proposal", "check_proposal_name", "resolve_proposal_class"]
-
-_FIX = f"use one of {', '.join(PROPOSALS)} or a dotted path pkg.module.ClassName to your own Proposal class"
 
 
 def resolve_proposal_class(name: str) -> type:
     """The class registered as ``name`` or importable as ``pkg.module.ClassName``; ConfigError otherwise."""
-    target = PROPOSALS.get(name, name)
-    module_name, _, class_name = target.rpartition(".")
-    if not module_name:
-        raise ConfigError(f"'{name}' is not a registered proposal", field="proposal", fix=_FIX)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"cannot import module '{module_name}' for proposal '{name}' ({exc})", field="proposal", fix=_FIX
-        ) from exc
-    cls = getattr(module, class_name, None)
-    if not isinstance(cls, type):
-        raise ConfigError(f"'{module_name}' has no class '{class_name}'", field="proposal", fix=_FIX)
-    if not callable(getattr(cls, "propose", None)):
-        raise ConfigError(
-            f"'{target}' has no propose(prompts, num_samples, *, seed) method", field="proposal", fix=_FIX
-        )
-    return cls
+    return PROPOSAL_REGISTRY.resolve(name)
 
 
 def check_proposal_name(name: str) -> None:
     """Validate a proposal name at config time (no model is loaded); raises ConfigError."""
-    resolve_proposal_class(name)
+    PROPOSAL_REGISTRY.check(name)
 
 
-def build_proposal(config: Any, backend: Any, name: str | None = None) -> Proposal:
+def build_proposal(config: ProposalConfig, backend: GenerationBackend, name: str | None = None) -> Proposal:
     """Construct ``cls(config, backend)`` for ``name`` (default ``config.proposal``)."""
-    cls = resolve_proposal_class(name or config.proposal)
-    return cls(config, backend)
+    return resolve_proposal_class(name or config.proposal)(config, backend)

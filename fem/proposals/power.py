@@ -16,8 +16,9 @@ a proposal is stopped as soon as it falls to ``log u`` (exact early rejection; s
 ``reference_compat`` reproduces the published kernels: cap = current length, current suffix truncated to the
 proposal's length, no length term for the uniform cut (entropy cut keeps its cut term). Biased; for comparison.
 
-Chains (prompts x samples) advance in lockstep, ``generation_batch_size`` at a time; backends that offer
-``generate_cached`` (``HFBackend``) keep each chain's KV cache and re-encode one token per proposal.
+Chains (prompts x samples) advance in lockstep, ``generation_batch_size`` at a time; backends that support cached
+generation (``SupportsCachedGeneration``, e.g. ``HFBackend``) keep each chain's KV cache and re-encode one token per
+proposal.
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ import numpy as np
 import torch
 
 from fem.configs import ProposalConfig
-from fem.generation.base import Continuation, DecodeStats, GenerationBackend, SamplingParams
+from fem.generation.base import (
+    Continuation,
+    DecodeStats,
+    GenerationBackend,
+    SamplingParams,
+    SupportsCachedGeneration,
+)
+from fem.generation.sampling import truncated_logits
 from fem.proposals.base import Cost, Trace
 from fem.proposals.cuts import CutLaw
 
@@ -119,8 +127,6 @@ def rescore(
     backend: GenerationBackend, prompt: Sequence[int], tokens: Sequence[int], params: SamplingParams
 ) -> Continuation:
     """Per-token base log p, log q under ``params`` and base entropy of a given response (for chain starts)."""
-    from fem.generation.hf import truncated_logits
-
     prefixes = [list(prompt) + list(tokens[:t]) for t in range(len(tokens))]
     logp_all = backend.next_token_logprobs(prefixes).double()
     idx = torch.tensor(list(tokens))[:, None]
@@ -155,7 +161,7 @@ class PowerMHProposal:
             and config.top_p >= 1.0
         )
         self.early_rejection = bool(config.power_early_rejection) and self.tempered and not self.compat
-        self.cached = hasattr(backend, "generate_cached")
+        self.cached = isinstance(backend, SupportsCachedGeneration)
         self.last_stats = DecodeStats()
 
     # ------------------------------------------------------------------ backend calls

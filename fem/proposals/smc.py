@@ -30,11 +30,12 @@ cut back to it (the tokens after it are discarded, and counted) and resampled; t
 interval, doubled while no resampling happens, at most the block size). Checking ahead changes no law: the
 decision at token ``t`` depends only on tokens ``<= t``. No resampling once every particle is finished.
 
-KV. With a backend that offers ``generate_cached`` (``HFBackend``) each particle keeps its row cache; a resampled
-particle continues from its ancestor's cache (shared, never re-encoded: each later call feeds one pending token
-per row); a row's cache keeps sharing the prefix part with the cache it grew from (copy-on-write) until that chain
-is 8 calls deep, then it is copied into one segment. Other backends re-encode every prefix (exact, slower), counted as ``len(prefix) - 1`` tokens per row
-and call after the first (a backend that de-duplicates identical prefixes feeds fewer: see ``last_stats``).
+KV. With a backend that supports cached generation (``SupportsCachedGeneration``, e.g. ``HFBackend``) each particle
+keeps its row cache; a resampled particle continues from its ancestor's cache (shared, never re-encoded: each later
+call feeds one pending token per row); a row's cache may share the prefix part with the cache it grew from (it does
+on ``HFBackend``), so after 8 calls resumed from a kept cache it is made self-contained (``CachedRow.materialize``).
+Other backends re-encode every prefix (exact, slower), counted as ``len(prefix) - 1`` tokens per row and call after
+the first (a backend that de-duplicates identical prefixes feeds fewer: see ``last_stats``).
 
 Output. ``num_samples`` traces per prompt are multinomial draws (with replacement) of final particles with
 probabilities ``W``: each is a draw from the SMC approximation of ``p^alpha``; they share one particle system, so
@@ -44,103 +45,28 @@ discarded included) and every re-encoded prefix token, split evenly over the ret
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
-from fem.configs import SMC_RESAMPLINGS, ProposalConfig
+from fem.configs import ProposalConfig
 from fem.errors import ConfigError
-from fem.generation.base import Continuation, DecodeStats, GenerationBackend, SamplingParams
-from fem.proposals.base import Cost, Trace
+from fem.generation.base import Continuation, DecodeStats, GenerationBackend, SamplingParams, SupportsCachedGeneration
+from fem.proposals.base import Trace
+from fem.proposals.particles import (
+    Particle,
+    ParticleSystem,
+    bounded_cache,
+    ess,
+    log_mean_exp,
+    log_normalize,
+    resample_indices,
+    share_cost,
+)
 
-
-def log_normalize(logw: np.ndarray) -> np.ndarray:
-    """Normalised weights ``W`` from log weights (float64)."""
-    w = np.exp(logw - logw.max())
-    return w / w.sum()
-
-
-def ess(logw: np.ndarray) -> float:
-    """Effective sample size ``1 / sum W^2`` (between 1 and N)."""
-    w = log_normalize(logw)
-    return float(1.0 / np.dot(w, w))
-
-
-def log_mean_exp(logw: np.ndarray) -> float:
-    top = float(logw.max())
-    return top + math.log(float(np.exp(logw - top).mean()))
-
-
-def resample_indices(weights: np.ndarray, count: int, rng: np.random.Generator, scheme: str) -> np.ndarray:
-    """``count`` ancestor indices with probabilities ``weights``: systematic or multinomial (both unbiased)."""
-    cdf = np.cumsum(weights)
-    cdf /= cdf[-1]
-    if scheme == "systematic":
-        points = (rng.random() + np.arange(count)) / count
-    elif scheme == "multinomial":
-        points = rng.random(count)
-    else:
-        raise ValueError(f"unknown resampling '{scheme}' (use one of {SMC_RESAMPLINGS})")
-    return np.minimum(np.searchsorted(cdf, points, side="right"), len(weights) - 1)
-
-
-@dataclass
-class Particle:
-    """One partial response with its per-token statistics, ``S = sum log p``, log weight and row cache."""
-
-    tokens: list[int] = field(default_factory=list)
-    logp: list[float] = field(default_factory=list)
-    logq: list[float] = field(default_factory=list)
-    entropy: list[float] = field(default_factory=list)
-    sum_logp: float = 0.0
-    logw: float = 0.0
-    eos: bool = False
-    done: bool = False
-    cache: Any = None
-
-    def copy(self) -> Particle:
-        """A duplicate for resampling; the row cache is shared (read-only), not copied."""
-        return Particle(
-            list(self.tokens), list(self.logp), list(self.logq), list(self.entropy), self.sum_logp, self.logw,
-            self.eos, self.done, self.cache,
-        )  # fmt: skip
-
-
-@dataclass
-class ParticleSystem:
-    """The particles of one prompt and what the run spent on them."""
-
-    prompt: list[int]
-    particles: list[Particle]
-    length: int = 0  # tokens of every live particle (they advance in lockstep)
-    lookahead: int = 1
-    calls: int = 0
-    cost: Cost = field(default_factory=Cost)
-    resample_at: list[int] = field(default_factory=list)
-    ess_min: float = 1.0
-    tokens_discarded: int = 0
-
-    @property
-    def done(self) -> bool:
-        return all(p.done for p in self.particles)
-
-    @property
-    def logw(self) -> np.ndarray:
-        return np.array([p.logw for p in self.particles], dtype=np.float64)
-
-    @property
-    def weights(self) -> np.ndarray:
-        return log_normalize(self.logw)
-
-    @property
-    def log_z(self) -> float:
-        """``log`` of the SMC estimate of ``sum_y p(y)^alpha`` (unbiased for the sum itself)."""
-        return log_mean_exp(self.logw)
+__all__ = ["Particle", "ParticleSystem", "PowerSMCProposal", "ess", "log_normalize", "resample_indices"]
 
 
 class PowerSMCProposal:
@@ -166,7 +92,7 @@ class PowerSMCProposal:
         self.block = config.block_size
         self.horizon = config.max_new_tokens
         self.fixed_temperature = config.power_proposal_temperature
-        self.cached = hasattr(backend, "generate_cached")
+        self.cached = isinstance(backend, SupportsCachedGeneration)
         self.last_stats = DecodeStats()
 
     # ------------------------------------------------------------------ targets
@@ -242,7 +168,7 @@ class PowerSMCProposal:
             conts, new_caches, fed = self._decode(prefixes, caps, caches, SamplingParams(temperature=tau), generator)
             for (system, i), cont, cache, n_fed in zip(rows, conts, new_caches, fed):
                 particle = system.particles[i]
-                particle.cache = _chained(cache)
+                particle.cache, particle.cache_depth = bounded_cache(cache, particle.cache_depth)
                 system.cost.tokens_decoded += len(cont.token_ids)
                 system.cost.forward_passes += len(cont.token_ids)
                 if system.calls:  # the prompt's own encoding is not a re-encoding; one pending token per row is
@@ -347,7 +273,7 @@ class PowerSMCProposal:
                     logq=list(p.logq),
                     entropy=list(p.entropy),
                     finished=p.eos,
-                    cost=_share(system.cost, j, num_samples),
+                    cost=share_cost(system.cost, j, num_samples),
                     info={
                         "proposal": self.name,
                         "particles": self.n,
@@ -366,27 +292,3 @@ class PowerSMCProposal:
                 )
             )
         return traces
-
-
-def _chained(cache: Any, max_depth: int = 8) -> Any:
-    """A row cache as returned: it shares the KV of the prefix it was decoded from (its ``base``, e.g. an ancestor's
-    cache shared by every resampled copy) until the chain gets ``max_depth`` deep; then one self-contained copy."""
-    depth, link = 0, cache
-    while link is not None:
-        depth += 1
-        link = getattr(link, "base", None)
-    return cache.materialize() if depth > max_depth else cache
-
-
-def _share(cost: Cost, j: int, k: int) -> Cost:
-    """Trace ``j`` of ``k``'s share of a system's cost (integer counters split so that the shares sum exactly)."""
-
-    def part(total: int) -> int:
-        return total // k + (1 if j < total % k else 0)
-
-    return Cost(
-        tokens_decoded=part(cost.tokens_decoded),
-        tokens_reencoded=part(cost.tokens_reencoded),
-        forward_passes=part(cost.forward_passes),
-        wall_s=cost.wall_s / k,
-    )

@@ -1,37 +1,35 @@
-"""Task registry: names -> Task classes, dotted-path resolution, and data validation for ``--dry_run``."""
+"""Task registry: names -> Task classes (or a dotted path to your own), and data validation before compute."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from fem.configs import TaskConfig
-from fem.errors import ConfigError, DataError, FemError
+from fem.errors import DataError, FemError
+from fem.registry import Registry
 
 from .base import Example, Messages, Prediction, Task
 
-# name -> "module:Class" (imported lazily so `fem --help` stays fast)
+# name -> "pkg.module.Class" (imported when resolved)
 _REGISTRY: dict[str, str] = {
-    "judge": "fem.tasks.judge:JudgeTask",
-    "judge_faireval": "fem.tasks.judge:JudgeFairEval",
-    "judge_llmeval2": "fem.tasks.judge:JudgeLLMEval2",
-    "judge_llmbar": "fem.tasks.judge:JudgeLLMBar",
-    "judge_llmbar_natural": "fem.tasks.judge:JudgeLLMBarNatural",
-    "judge_llmbar_adversarial": "fem.tasks.judge:JudgeLLMBarAdversarial",
-    "summarize": "fem.tasks.summarize:SummarizeTask",
-    "math500": "fem.tasks.math:Math500",
-    "gsm8k": "fem.tasks.math:GSM8K",
-    "aime24": "fem.tasks.math:AIME24",
-    "aime26": "fem.tasks.math:AIME26",
-    "amc23": "fem.tasks.math:AMC23",
-    "humaneval": "fem.tasks.code:HumanEvalTask",
-    "mbpp": "fem.tasks.code:MBPPTask",
-    "arc": "fem.tasks.choice:ARC",
-    "openbookqa": "fem.tasks.choice:OpenBookQA",
-    "mmlu_stem": "fem.tasks.choice:MMLUStem",
-    "gpqa": "fem.tasks.choice:GPQATask",
-    "toy_arith": "fem.tasks.synthetic:ToyArithTask",
-    "toy_parity": "fem.tasks.synthetic:ToyParityTask",
+    "judge": "fem.tasks.judge.JudgeTask",
+    "judge_faireval": "fem.tasks.judge.JudgeFairEval",
+    "judge_llmeval2": "fem.tasks.judge.JudgeLLMEval2",
+    "judge_llmbar": "fem.tasks.judge.JudgeLLMBar",
+    "judge_llmbar_natural": "fem.tasks.judge.JudgeLLMBarNatural",
+    "judge_llmbar_adversarial": "fem.tasks.judge.JudgeLLMBarAdversarial",
+    "summarize": "fem.tasks.summarize.SummarizeTask",
+    "math500": "fem.tasks.math.Math500",
+    "gsm8k": "fem.tasks.math.GSM8K",
+    "aime24": "fem.tasks.math.AIME24",
+    "aime26": "fem.tasks.math.AIME26",
+    "amc23": "fem.tasks.math.AMC23",
+    "humaneval": "fem.tasks.code.HumanEvalTask",
+    "mbpp": "fem.tasks.code.MBPPTask",
+    "arc": "fem.tasks.choice.ARC",
+    "openbookqa": "fem.tasks.choice.OpenBookQA",
+    "mmlu_stem": "fem.tasks.choice.MMLUStem",
+    "gpqa": "fem.tasks.choice.GPQATask",
+    "toy_arith": "fem.tasks.synthetic.ToyArithTask",
+    "toy_parity": "fem.tasks.synthetic.ToyParityTask",
 }
 TASKS: list[str] = list(_REGISTRY)
 
@@ -48,54 +46,28 @@ __all__ = [
 ]
 
 
-def _import(target: str) -> Any:
-    module, _, attr = target.rpartition(":") if ":" in target else target.rpartition(".")
-    if not module:
-        raise ImportError(f"'{target}' is not a dotted path")
-    return getattr(importlib.import_module(module), attr)
+def _task_contract_gaps(cls: type) -> list[str]:
+    if not issubclass(cls, Task):
+        return ["the base class fem.tasks.base.Task"]
+    return sorted(cls.__abstractmethods__)  # the abstract members it does not implement
 
 
-def task_class(name: str) -> type:
+TASK_REGISTRY = Registry(
+    kind="task",
+    entries=_REGISTRY,
+    contract="a subclass of fem.tasks.base.Task",
+    missing=_task_contract_gaps,
+)
+
+
+def task_class(name: str) -> type[Task]:
     """The class of a registered task name or of a dotted path ``pkg.module.Class``; ConfigError otherwise."""
-    if name in _REGISTRY:
-        return _import(_REGISTRY[name])
-    if "." not in name:
-        close = [t for t in TASKS if name.lower() in t or t in name.lower()]
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ConfigError(
-            f"unknown task '{name}'{hint}",
-            field="task",
-            fix=f"use one of {', '.join(TASKS)}, or a dotted path pkg.module.Class",
-        )
-    try:
-        cls = _import(name)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(
-            f"cannot import task class '{name}' ({exc})",
-            field="task",
-            fix="check the dotted path and that its package is importable (pip install it or set PYTHONPATH)",
-        ) from None
-    if not isinstance(cls, type):
-        raise ConfigError(
-            f"'{name}' is not a class", field="task", fix="point task: to a class implementing fem.tasks.base.Task"
-        )
-    missing = [
-        m
-        for m in ("load", "prompt", "hinted_prompt", "extract", "reward", "options", "answer_text", "metrics")
-        if not callable(getattr(cls, m, None))
-    ]
-    if missing:
-        raise ConfigError(
-            f"class '{name}' lacks {', '.join(missing)}",
-            field="task",
-            fix="implement the fem.tasks.base.Task protocol",
-        )
-    return cls
+    return TASK_REGISTRY.resolve(name)
 
 
 def check_task_name(name: str) -> None:
     """Raise ``ConfigError(field="task")`` unless ``name`` is a registered task or an importable Task class."""
-    task_class(name)
+    TASK_REGISTRY.check(name)
 
 
 def build_task(config: TaskConfig) -> Task:

@@ -1,32 +1,22 @@
-"""Turning completions into scored predictions, in both answer modes (method.md §4), and M-step completions.
+"""Answers as text: where a rationale ends, what the M-step trains, and scoring an answer the model wrote.
 
-- ``generate``: the task's ``extract`` parses the completion; an unparsed completion gets reward 0 and is
-  counted (``Prediction.parsed`` is False), never an exception.
-- ``forced``: the rationale (the completion cut before any answer it wrote) is followed by the task's cue; for
-  closed answers the backend's next-token log-probabilities over the options' first differing tokens are renormalized
-  over the options: the verdict is the argmax, the confidence its probability. For open answers the cue is
-  followed by greedy decoding up to the task's stop string, and the result is parsed.
+- ``generate`` answer mode: ``score_written`` parses the completion with the task's ``extract``; an unparsed
+  completion gets reward 0 and is counted (``Prediction.parsed`` is False), never an exception.
+- ``forced`` answer mode reads the answer through the task's cue with the model: ``fem.readout`` (it uses
+  ``cut_rationale`` and ``join_rationale`` from here).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
-import random
-from collections.abc import Sequence
-from typing import Any
 
 from .base import Example, Prediction, Task
-from .prompting import plain_text
 
 SEPARATOR = "\n\n"
 
 
 def answer_markers(task: Task) -> tuple[str, ...]:
-    return tuple(getattr(task, "answer_markers", ()) or ()) + (
-        (task.answer_cue.strip(),) if task.answer_cue.strip() else ()
-    )
+    return tuple(task.answer_markers) + ((task.answer_cue.strip(),) if task.answer_cue.strip() else ())
 
 
 def cut_rationale(task: Task, completion: str) -> str:
@@ -52,7 +42,7 @@ def training_completion(task: Task, rationale: str, example: Example, confidence
     kept sample's stated confidence in generate mode).
     """
     text = join_rationale(cut_rationale(task, rationale)) + task.answer_cue + task.answer_text(example)
-    if confidence is not None and hasattr(task, "confidence_text"):
+    if confidence is not None:
         text += task.confidence_text(confidence)
     return text
 
@@ -60,7 +50,8 @@ def training_completion(task: Task, rationale: str, example: Example, confidence
 def own_completion(task: Task, example: Example, prediction: Prediction, rationale: str) -> str:
     """The M-step target of a draw kept without the reward filter: the target a correct draw gets, with the model's
     own answer in place of the gold one (``training_completion`` of the extracted answer). An unparsed draw is kept
-    as written: the completion (generate mode), or rationale ⊕ cue ⊕ the decoded answer text (forced mode)."""
+    as written: the completion (generate mode), or rationale ⊕ cue ⊕ the decoded answer text (forced mode: the
+    ``rationale`` and ``forced_answer`` that ``fem.readout`` records in the prediction's info)."""
     if prediction.extracted is None:
         if prediction.info.get("mode") == "forced":
             info = prediction.info
@@ -70,67 +61,8 @@ def own_completion(task: Task, example: Example, prediction: Prediction, rationa
     return training_completion(task, rationale, own, prediction.confidence)
 
 
-def option_text(task: Task, option: str) -> str:
-    fn = getattr(task, "option_text", None)
-    if fn is not None:
-        return fn(option)
-    return (" " + option) if task.answer_cue.endswith((":", ".")) else option
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def _default_prompt_ids(task: Task, backend: Any, example: Example) -> list[int]:
-    return list(backend.encode(plain_text(task.prompt(example))))
-
-
-def score_completions(
-    task: Task,
-    backend: Any,
-    examples: Sequence[Example],
-    completions: Sequence[str],
-    answer_mode: str = "generate",
-    *,
-    prompt_ids: Sequence[Sequence[int]] | None = None,
-    sample_indices: Sequence[int] | None = None,
-    batch_size: int = 16,
-    rng: random.Random | None = None,
-) -> list[Prediction]:
-    """One ``Prediction`` per (example, completion) pair (the two lists are aligned).
-
-    ``prompt_ids`` are the token ids each completion was generated from (needed by forced mode; by default the
-    plain prompt text is encoded with ``backend.encode``). ``backend`` is unused in generate mode.
-    With ``rng`` (the E-step), forced mode *samples* the verdict from the option probabilities instead of taking
-    the argmax: the E-step draws the answer from the model, as it draws the rationale.
-    """
-    if len(examples) != len(completions):
-        raise ValueError(f"{len(examples)} examples but {len(completions)} completions")
-    indices = list(sample_indices) if sample_indices is not None else [0] * len(examples)
-    if answer_mode == "generate":
-        return [_generated(task, ex, c, i) for ex, c, i in zip(examples, completions, indices)]
-    if answer_mode != "forced":
-        raise ValueError(f"unknown answer_mode '{answer_mode}' (generate or forced)")
-    if prompt_ids is None:
-        prompt_ids = [_default_prompt_ids(task, backend, ex) for ex in examples]
-    out: list[Prediction | None] = [None] * len(examples)
-    closed = [i for i, ex in enumerate(examples) if task.options(ex)]
-    opened = [i for i, ex in enumerate(examples) if not task.options(ex)]
-    for kind, read in ((closed, functools.partial(_forced_closed, rng=rng)), (opened, _forced_open)):
-        for start in range(0, len(kind), batch_size):
-            rows = kind[start : start + batch_size]
-            picked = [[seq[i] for i in rows] for seq in (examples, completions, prompt_ids, indices)]
-            for i, pred in zip(rows, read(task, backend, *picked)):
-                out[i] = pred
-    return [p for p in out if p is not None]
-
-
-def _generated(task: Task, example: Example, completion: str, index: int) -> Prediction:
+def score_written(task: Task, example: Example, completion: str, index: int) -> Prediction:
+    """The prediction of a completion that wrote its answer (generate mode)."""
     try:
         extracted = task.extract(completion)
     except Exception as exc:  # an extractor must never crash a run on odd model output
@@ -138,88 +70,5 @@ def _generated(task: Task, example: Example, completion: str, index: int) -> Pre
             example.id, completion, None, 0.0, index, info={"mode": "generate", "extract_error": repr(exc)}
         )
     reward = float(task.reward(extracted, example)) if extracted is not None else 0.0
-    confidence = None
-    if extracted is not None and hasattr(task, "extract_confidence"):
-        confidence = task.extract_confidence(completion)
+    confidence = task.extract_confidence(completion) if extracted is not None else None
     return Prediction(example.id, completion, extracted, reward, index, confidence, {"mode": "generate"})
-
-
-def _forced_closed(
-    task: Task, backend: Any, examples, completions, prompts, indices, rng: random.Random | None = None
-) -> list[Prediction]:
-    queries: dict[tuple[int, ...], int] = {}  # prefix -> row in the logprob batch (shared prefixes asked once)
-    plans = []
-    for ex, completion, prompt in zip(examples, completions, prompts):
-        rationale = cut_rationale(task, completion)
-        context = join_rationale(rationale) + task.answer_cue
-        options = list(task.options(ex))
-        fulls = [list(backend.encode(context + option_text(task, o))) for o in options]
-        # the options are read at their first differing token, after the longest prefix they all share
-        k = min(len(f) for f in fulls)
-        for f in fulls[1:]:
-            k = min(k, _common_prefix(fulls[0], f))
-        k = min(k, min(len(f) for f in fulls) - 1)
-        row = queries.setdefault(tuple(list(prompt) + fulls[0][:k]), len(queries))
-        per_option = [(o, row, f[k]) for o, f in zip(options, fulls)]
-        plans.append((ex, completion, rationale, per_option))
-    logprobs = backend.next_token_logprobs([list(p) for p in queries]) if queries else None
-    preds = []
-    for (ex, completion, rationale, per_option), index in zip(plans, indices):
-        scores = [float(logprobs[row, token]) for _, row, token in per_option]
-        top = max(scores)
-        weights = [math.exp(s - top) if math.isfinite(s) else 0.0 for s in scores]
-        total = sum(weights)
-        probs = [w / total for w in weights] if total > 0 else [1.0 / len(weights)] * len(weights)
-        if rng is None:
-            best = max(range(len(probs)), key=lambda j: probs[j])
-        else:
-            best = rng.choices(range(len(probs)), weights=probs)[0]
-        verdict = per_option[best][0]
-        mass = sum(math.exp(s) for s in scores if math.isfinite(s))
-        info = {
-            "mode": "forced",
-            "rationale": rationale,
-            "option_probs": {o: p for (o, _, _), p in zip(per_option, probs)},
-            "option_mass": mass,
-        }
-        preds.append(Prediction(ex.id, completion, verdict, float(task.reward(verdict, ex)), index, probs[best], info))
-    return preds
-
-
-def _forced_open(task: Task, backend: Any, examples, completions, prompts, indices) -> list[Prediction]:
-    from fem.generation.base import SamplingParams
-
-    stop = getattr(task, "forced_stop", "\n")
-    max_new = int(getattr(task, "forced_max_new_tokens", 48))
-    rationales = [cut_rationale(task, c) for c in completions]
-    prefixes = [
-        list(p) + list(backend.encode(join_rationale(r) + task.answer_cue)) for p, r in zip(prompts, rationales)
-    ]
-
-    def stop_callback(row: int, cont) -> bool:
-        return stop in backend.decode(cont.token_ids)
-
-    conts, _ = backend.generate(prefixes, SamplingParams(temperature=0.0), max_new, stop_callback=stop_callback)
-    preds = []
-    for ex, completion, rationale, cont, index in zip(examples, completions, rationales, conts, indices):
-        answer = backend.decode([t for t in cont.token_ids if t not in backend.eos_token_ids])
-        if stop in answer:
-            answer = answer[: answer.index(stop) + (len(stop) if stop in (".", "```") else 0)]
-        text = task.answer_cue + answer
-        try:
-            extracted = task.extract(text)
-        except Exception:
-            extracted = None
-        reward = float(task.reward(extracted, ex)) if extracted is not None else 0.0
-        preds.append(
-            Prediction(
-                ex.id,
-                completion,
-                extracted,
-                reward,
-                index,
-                None,
-                {"mode": "forced", "rationale": rationale, "forced_answer": answer},
-            )
-        )
-    return preds

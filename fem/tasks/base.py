@@ -1,10 +1,18 @@
-"""The task protocol: a dataset turned into EM material (prompts, hinted prompts, extractor, reward, metrics)."""
+"""The task contract: a dataset turned into EM material (prompts, hinted prompts, extractor, reward, metrics).
+
+``Task`` declares every member the rest of fem uses. Each task implements the abstract ones; the others have
+defaults that suit a task with open answers, no stated confidence and no swapped copies. A task says *what* its
+answer cue, options, option text and stop string are; reading an answer through the cue is the drawer's business
+(``fem.readout``). A task of your own plugs in by dotted path as a subclass of ``Task`` built as ``cls(config)``
+(``fem.tasks.common.DataTask`` adds data files, field mapping and templates).
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar
 
 Messages = list[dict[str, str]]  # chat messages: [{"role": "user", "content": "..."}]
 
@@ -35,30 +43,69 @@ class Prediction:
         return self.extracted is not None
 
 
-@runtime_checkable
-class Task(Protocol):
+class Task(ABC):
     """What every task provides. ``answer_cue`` starts the answer part of a completion (forced answer mode
     appends it and reads the model's option probabilities; the M-step trains ``rationale + cue + answer``)."""
 
-    name: str
-    answer_cue: str
+    name: ClassVar[str] = ""
+    answer_cue: ClassVar[str] = ""
+    answer_markers: ClassVar[tuple[str, ...]] = ()  # texts that start an answer: a rationale is cut before the first
+    forced_stop: ClassVar[str] = "\n"  # forced mode, open answers: greedy decoding after the cue stops here
+    forced_max_new_tokens: ClassVar[int] = 48
 
-    def load(self, split: str) -> list[Example]: ...
+    @abstractmethod
+    def load(self, split: str) -> list[Example]:
+        """Examples of ``split`` ("train" or "eval")."""
 
+    @abstractmethod
     def prompt(self, example: Example) -> Messages: ...
 
-    def hinted_prompt(self, example: Example) -> Messages: ...
+    @abstractmethod
+    def hinted_prompt(self, example: Example) -> Messages:
+        """The prompt that also states the correct answer (PPS, STaR rationalization)."""
 
-    def extract(self, completion: str) -> Any | None: ...
+    @abstractmethod
+    def extract(self, completion: str) -> Any | None:
+        """The answer a completion wrote, or None when it wrote none."""
 
+    @abstractmethod
     def reward(self, extracted: Any | None, example: Example) -> float: ...
+
+    @abstractmethod
+    def answer_text(self, example: Example) -> str:
+        """The gold answer as it is written after the cue in a training completion."""
+
+    @abstractmethod
+    def metrics(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, Any]: ...
 
     def options(self, example: Example) -> list[str] | None:
         """The closed answer set (e.g. ["A", "B"]) for forced answer mode, or None for open answers."""
-        ...
+        return None
 
-    def answer_text(self, example: Example) -> str:
-        """The gold answer as it is written after the cue in a training completion."""
-        ...
+    def option_text(self, option: str) -> str:
+        """How an option is written right after the cue (forced mode reads the first token of this)."""
+        return (" " + option) if self.answer_cue.endswith((":", ".")) else option
 
-    def metrics(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, Any]: ...
+    def extract_confidence(self, completion: str) -> float | None:
+        """The confidence a completion states, when the task asks for one."""
+        return None
+
+    def confidence_text(self, confidence: float) -> str:
+        """The confidence line written after the answer in a training completion ("" when the task states none)."""
+        return ""
+
+    def with_swaps(self, examples: Sequence[Example]) -> list[Example]:
+        """The examples to evaluate for position consistency (pairwise tasks add each pair swapped)."""
+        return list(examples)
+
+    def wrong_answer_text(self, example: Example) -> str | None:
+        """A deliberately wrong answer written after the cue, for ``fem tasks check`` (None: not checked)."""
+        return None
+
+    def files(self, split: str) -> list[str]:
+        """The data files ``split`` reads (empty when it generates its data or reads no file)."""
+        return []
+
+    def field_names(self) -> tuple[str, ...]:
+        """The fields ``task_fields`` may map (empty: the task reads its own fields and none are checked)."""
+        return ()

@@ -11,17 +11,16 @@ from fem.configs import TaskConfig
 from fem.errors import FemError
 
 from . import TASKS, build_task
+from .base import Example, Task
 from .code import CodeTask
 
 RATIONALE = "Let me work through this carefully."
 
 
-def _score(task: Any, example: Any, answer_text: str) -> float:
+def _score(task: Task, example: Example, answer_text: str) -> float:
     """Reward of a completion that writes ``answer_text`` after the task's cue (with a confidence line if the task
     states one)."""
-    completion = RATIONALE + "\n\n" + task.answer_cue + answer_text
-    if hasattr(task, "confidence_text"):
-        completion += task.confidence_text(0.9)
+    completion = RATIONALE + "\n\n" + task.answer_cue + answer_text + task.confidence_text(0.9)
     extracted = task.extract(completion)
     return float(task.reward(extracted, example)) if extracted is not None else 0.0
 
@@ -34,7 +33,7 @@ def check_task(name: str, limit: int | None = None, workers: int = 2) -> dict[st
         task = build_task(TaskConfig(task=name))
         examples = []
         for split in ("train", "eval"):
-            if getattr(task, "files", None) is not None and not task.files(split) and not name.startswith("toy_"):
+            if not task.files(split) and not name.startswith("toy_"):
                 continue
             examples += task.load(split)
         if limit:
@@ -43,7 +42,8 @@ def check_task(name: str, limit: int | None = None, workers: int = 2) -> dict[st
 
         def one(ex):
             gold = _score(task, ex, task.answer_text(ex))
-            wrong = _score(task, ex, task.wrong_answer_text(ex)) if hasattr(task, "wrong_answer_text") else 0.0
+            wrong_text = task.wrong_answer_text(ex)
+            wrong = _score(task, ex, wrong_text) if wrong_text is not None else 0.0
             return ex.id, gold, wrong
 
         if isinstance(task, CodeTask):

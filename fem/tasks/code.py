@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from fem.eval import metrics as M
+from fem import metrics as M
 from fem.sandbox import SandboxConfig, run_program
 
 from .base import Example, Prediction

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from fem.configs import TaskConfig
 from fem.errors import DataError
 
-from .base import Example, Messages
+from .base import Example, Messages, Task
 from .loading import Record, Source, check_unique_ids, hash_split, load_records
 from .prompting import Template, load_template, shipped_template, with_system
 
@@ -32,15 +32,10 @@ def normalize_split(split: str) -> str:
         raise DataError(f"unknown split '{split}'", field="split", fix="use train or eval") from None
 
 
-class DataTask:
+class DataTask(Task):
     """A task read from data files. Subclasses set the class attributes and implement ``make_example``,
-    ``extract``, ``reward``, ``answer_text``, ``options`` and ``metrics``."""
+    ``extract``, ``reward``, ``answer_text``, ``metrics`` and, for closed answers, ``options``."""
 
-    name: ClassVar[str] = ""
-    answer_cue: ClassVar[str] = ""
-    answer_markers: ClassVar[tuple[str, ...]] = ()  # texts that start an answer: a rationale is cut before the first
-    forced_stop: ClassVar[str] = "\n"  # forced mode, open answers: greedy decoding after the cue stops here
-    forced_max_new_tokens: ClassVar[int] = 48
     sources: ClassVar[Mapping[str, Source]] = {}
     required_fields: ClassVar[tuple[str, ...]] = ()
     allow_empty: ClassVar[tuple[str, ...]] = ()  # required fields that may hold an empty string
@@ -165,23 +160,16 @@ class DataTask:
         values = {**self.template_fields(example), "hint": self.hint_text(example)}
         return with_system([{"role": "user", "content": self._hinted.render(values)}], self.config.system_prompt)
 
-    # ----- answers ----------------------------------------------------------------------------------------
-    def answer_text(self, example: Example) -> str:
-        raise NotImplementedError
-
-    def option_text(self, option: str) -> str:
-        """How an option is written right after the cue (forced mode reads the first token of this)."""
-        return option
-
-    def wrong_answer_text(self, example: Example) -> str:
-        """A deliberately wrong answer written after the cue (used by ``fem tasks check``)."""
-        raise NotImplementedError
-
-    def options(self, example: Example) -> list[str] | None:
-        return None
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "train_files": self.files("train"), "eval_files": self.files("eval")}
+    # ----- data mapping -----------------------------------------------------------------------------------
+    def field_names(self) -> tuple[str, ...]:
+        """Every field a data file may map: the required ones, the id, the label and each source's fields (none
+        for a task that generates its data)."""
+        if not self.required_fields:
+            return ()
+        names = {*self.required_fields, "id", *self.allow_empty, *([self.label_field] if self.label_field else [])}
+        for source in self.sources.values():
+            names |= set(source.fields)
+        return tuple(sorted(names))
 
 
 def group_by_example(predictions: Sequence[Any]) -> dict[str, list[Any]]:

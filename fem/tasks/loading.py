@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 from fem.errors import DataError
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -169,8 +171,6 @@ def read_rows(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     if not rows:
         raise DataError("has no data rows", file=str(path), fix="add at least one example")
     try:
-        import datasets
-
         datasets.disable_progress_bars()
         logging.getLogger("datasets").setLevel(logging.ERROR)
         dataset = datasets.load_dataset(fmt, data_files=str(path), split="train")

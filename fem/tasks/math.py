@@ -13,7 +13,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from fem.eval import metrics as M
+from math_verify import parse, verify
+
+from fem import metrics as M
 
 from .base import Example, Prediction
 from .common import DataTask, group_by_example
@@ -71,8 +73,6 @@ def _timeout() -> int | None:
 
 @functools.lru_cache(maxsize=65536)
 def _parse(answer: str) -> tuple[Any, ...]:
-    from math_verify import parse
-
     return tuple(parse("\\boxed{" + answer + "}", parsing_timeout=_timeout()))
 
 
@@ -80,8 +80,6 @@ def equivalent(gold: str, predicted: str | None) -> bool:
     """Whether ``predicted`` equals ``gold`` according to math_verify (False when either does not parse)."""
     if predicted is None:
         return False
-    from math_verify import verify
-
     g, p = _parse(str(gold)), _parse(str(predicted))
     if not g or not p:
         return False

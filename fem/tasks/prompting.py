@@ -1,4 +1,4 @@
-"""Prompt templates (format strings or .txt/.jinja files) and chat rendering to token ids."""
+"""Prompt templates (format strings or .txt/.jinja files) and chat messages (system prompt, plain text)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import jinja2.meta
+from jinja2 import StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
 
 from fem.errors import ConfigError
 
@@ -28,9 +32,6 @@ class Template:
 
     def placeholders(self) -> set[str]:
         if self.kind == "jinja":
-            import jinja2.meta
-            from jinja2.sandbox import SandboxedEnvironment
-
             return set(jinja2.meta.find_undeclared_variables(SandboxedEnvironment().parse(self.text)))
         return {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(self.text) if name}
 
@@ -48,10 +49,7 @@ class Template:
 
 
 @functools.cache
-def _jinja_env():
-    from jinja2 import StrictUndefined
-    from jinja2.sandbox import SandboxedEnvironment
-
+def _jinja_env() -> SandboxedEnvironment:
     return SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False)
 
 
@@ -102,23 +100,3 @@ def with_system(messages: Messages, system_prompt: str | None) -> Messages:
 def plain_text(messages: Messages) -> str:
     """Messages joined without a chat template (for tokenizers that have none): contents separated by blank lines."""
     return "\n\n".join(m["content"] for m in messages) + "\n\n"
-
-
-def render_prompt(tokenizer: Any, messages: Messages, system_prompt: str | None = None) -> list[int]:
-    """Token ids of the prompt: the tokenizer's chat template with ``add_generation_prompt=True`` when it has one,
-    otherwise the plain concatenation of the message contents. ``tokenizer`` may also be a generation backend
-    (anything with ``encode``), which has no chat template."""
-    messages = with_system(messages, system_prompt)
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        if isinstance(ids, Mapping):  # some tokenizers return a BatchEncoding regardless
-            ids = ids["input_ids"]
-        return [int(i) for i in ids]
-    text = plain_text(messages)
-    if (
-        hasattr(tokenizer, "apply_chat_template")
-        and callable(tokenizer)
-        and not hasattr(tokenizer, "next_token_logprobs")
-    ):
-        return list(tokenizer(text, add_special_tokens=True)["input_ids"])
-    return list(tokenizer.encode(text))

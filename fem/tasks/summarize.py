@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from fem.eval import metrics as M
+from fem import metrics as M
 
 from .base import Example, Prediction
 from .judge import TIE, PairwiseTask, calibration_metrics
-from .loading import Record, Source
+from .loading import Record, Source, record_error
 
 TLDR_FILES = ("tldr_comparisons/batch13.jsonl.gz", "tldr_comparisons/batch18.jsonl.gz")
 TLDR_FIELDS = {
@@ -65,8 +65,6 @@ class SummarizeTask(PairwiseTask):
             return None
         conf = record.get("human_confidence")
         if conf is not None and not (isinstance(conf, (int, float)) and 1 <= conf <= 9):
-            from .loading import record_error
-
             raise record_error(
                 record,
                 self.field_map(split).get("human_confidence", "human_confidence"),

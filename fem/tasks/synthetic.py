@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from fem.eval import metrics as M
+from fem import metrics as M
 
 from .base import Example, Prediction
 from .common import DataTask, normalize_split

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from fem.generation.base import Continuation, DecodeStats, SamplingParams, StopCallback
+from fem.proposals.power import MHRatio, token_term
 
 
 def _sampling_probs(p: np.ndarray, params: SamplingParams) -> np.ndarray:
@@ -334,8 +335,6 @@ def exact_mh_kernel(
 ) -> tuple[list[tuple[int, ...]], np.ndarray]:
     """The exact one-step power-MH transition matrix at a fixed stage horizon, over every response of length
     ``1..horizon`` (complete or not), built with the sampler's own ratio code. Returns ``(states, K)``."""
-    from fem.proposals.power import MHRatio, token_term
-
     prompt = tuple(lm.prompt)
     tau = proposal_temperature if proposal_temperature is not None else 1.0 / alpha
     params = SamplingParams(temperature=tau)

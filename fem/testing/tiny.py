@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
 
@@ -23,9 +28,6 @@ _CORPUS = [
 
 def build_tiny_tokenizer(vocab_size: int = 512):
     """A byte-level BPE tokenizer (any string encodes, no <unk>) with a ChatML template and EOS <|im_end|>."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -53,9 +55,6 @@ def build_tiny_model(
 ):
     """A randomly initialised Llama (about 100k parameters) matching ``tokenizer``. ``initializer_range`` is larger
     than Llama's 0.02 so that LoRA alone (which cannot rescale the tied embeddings) can make confident predictions."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -88,6 +87,4 @@ def save_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = 64
 
 
 if __name__ == "__main__":  # python -m fem.testing.tiny OUT_DIR
-    import sys
-
     print(save_tiny_model(sys.argv[1] if len(sys.argv) > 1 else "tiny-model"))

@@ -6,7 +6,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,16 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def json_line(record: dict[str, Any]) -> str:
+    """One JSONL line: keys sorted, non-JSON values (paths, enums) as strings."""
+    return json.dumps(record, sort_keys=True, default=str) + "\n"
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Replace ``path`` atomically with one line per record."""
+    atomic_write_text(path, "".join(json_line(r) for r in records))
+
+
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -80,12 +90,10 @@ class JsonlWriter:
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, sort_keys=True, default=str) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        self.write_many([record])
 
     def write_many(self, records: Iterable[dict[str, Any]]) -> None:
-        lines = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
+        lines = "".join(json_line(r) for r in records)
         if lines:
             self._file.write(lines)
             self._file.flush()
@@ -124,7 +132,3 @@ def read_jsonl(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]
             f.flush()
             os.fsync(f.fileno())
     return records
-
-
-def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    yield from read_jsonl(path)

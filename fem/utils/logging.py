@@ -1,27 +1,18 @@
-"""Rank-aware logging: INFO on the main process, WARNING elsewhere (no accelerate import needed)."""
+"""Rank-aware logging: INFO on the main process, WARNING elsewhere."""
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
+
+from fem.utils.distributed import is_main_process, process_rank, world_size
 
 _FORMAT = "%(asctime)s %(levelname)s [fem%(rank)s] %(message)s"
 
 
-def process_rank() -> int:
-    """This process's global rank under torchrun/accelerate (0 when not distributed)."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
-
-
-def is_main_process() -> bool:
-    return process_rank() == 0
-
-
 class _RankFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        rank = process_rank()
-        record.rank = f":{rank}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        record.rank = f":{process_rank()}" if world_size() > 1 else ""
         return True
 
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from fem.configs import EStepConfig
+from fem.drawing import HINTED, PLAIN, Sample
 from fem.errors import ConfigError
-from fem.estep.base import HINTED, PLAIN, Sample
 from fem.estep.filters import leaks_hint
 from fem.estep.runner import estep_metrics, kept_samples, run_estep
 from fem.estep.schemes import PPSScheme, RejectionScheme, StarScheme
@@ -191,7 +191,7 @@ def test_runner_persists_chunks_and_resumes_without_loss_or_duplicates(tmp_path)
 
 
 def test_drawer_refuses_a_proposal_that_drops_rows():
-    from fem.estep.base import ProposalDrawer, ProposalError
+    from fem.drawing import ProposalDrawer, ProposalError
 
     class Short:
         name = "short"

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
+from fem import metrics as M
 from fem.errors import FemError
-from fem.eval import metrics as M
-from fem.eval.report import PLOTS, build_report, calibration_pairs, load_run, stage_acceptance
+from fem.report import PLOTS, build_report, calibration_pairs, load_run, stage_acceptance
 
 ALL_PLOTS = {spec.name for spec in PLOTS}
 TRAINING_PLOTS = {"accuracy", "estep_acceptance", "tokens", "mstep_loss"}
@@ -439,7 +439,7 @@ def test_cli_report_command(tmp_path, capsys):
 def test_real_power_mh_and_ancestral_traces(tmp_path):
     """Traces drawn by the real proposals on an exact table LM, saved as ``fem eval`` predictions (no metrics.json)."""
     from fem.configs import ProposalConfig
-    from fem.estep.base import Sample
+    from fem.drawing import Sample
     from fem.eval.evaluate import prediction_record
     from fem.proposals import build_proposal
     from fem.tasks.base import Example, Prediction

@@ -10,7 +10,8 @@ import torch
 from fem.errors import ConfigError
 from fem.generation import build_backend
 from fem.generation.base import SamplingParams
-from fem.generation.hf import HFBackend, truncated_logits
+from fem.generation.hf import HFBackend
+from fem.generation.sampling import truncated_logits
 
 PROMPTS = ["Question: what is 2 + 3?", "Hi", "Verdict: A Confidence: 80% The answer is"]
 

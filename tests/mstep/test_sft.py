@@ -23,7 +23,7 @@ ROWS = [
 
 
 def make_args(tmp_path: Path, **overrides):
-    from fem.configs import mstep_config_class
+    from fem.trl_configs import MStepConfig
 
     values = dict(
         output_dir=str(tmp_path / "run"),
@@ -34,7 +34,7 @@ def make_args(tmp_path: Path, **overrides):
         seed=0,
     )
     values.update(overrides)
-    return mstep_config_class()(**values)
+    return MStepConfig(**values)
 
 
 def peft_config():
@@ -143,3 +143,25 @@ def test_eos_check_accepts_chatml(tiny):
     check_eos(tokenizer, {tokenizer.eos_token_id})
     with pytest.raises(ConfigError):
         check_eos(tokenizer, {tokenizer.pad_token_id})
+
+
+def test_mstep_leaves_the_run_config_as_the_recipe_said(tiny, tmp_path):
+    """Each round trains with its own output dir and seeds on a copy: the run's MStepConfig is not rewritten."""
+    from fem.mstep.sft import train_adapter
+
+    model, tokenizer = tiny
+    args = make_args(tmp_path, max_steps=1)
+    before = {k: getattr(args, k) for k in ("output_dir", "seed", "data_seed", "remove_unused_columns")}
+    train_adapter(
+        base_model=model,
+        tokenizer=tokenizer,
+        rows=ROWS[:4],
+        args=args,
+        peft_config=peft_config(),
+        adapter_dir=tmp_path / "round_003" / "adapter",
+        init_adapter=None,
+        weighted=True,
+        seed=12345,
+    )
+    assert (tmp_path / "round_003" / "trainer").is_dir()  # the round's copy wrote there
+    assert {k: getattr(args, k) for k in before} == before

@@ -74,8 +74,8 @@ def command(recipe: str, corpus: Path, out: Path) -> list[str]:
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_bad_input_is_refused_before_compute(recipe, corpus, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(corpus)
-    monkeypatch.setattr("fem.models.load_model_and_tokenizer", _tripwire)
-    monkeypatch.setattr("fem.loop.EMRunner", _tripwire)
+    monkeypatch.setattr("fem.runtime.load_model_and_tokenizer", _tripwire)
+    monkeypatch.setattr("fem.commands.train.EMRunner", _tripwire)
     before = snapshot(corpus)
     code, err = run_in_process(command(recipe, corpus, tmp_path / "out"), capsys)
     assert code == 2, f"{recipe}: exit {code!r}\n{err[-1500:]}"
@@ -109,7 +109,8 @@ def test_yaml_is_loaded_safely_and_no_field_reaches_eval_exec_or_pickle():
         "recipe.py",
         "configs.py",
         "state.py",
-        "train.py",
+        "preflight.py",
+        "commands/train.py",
         "utils/io.py",
         "tasks/loading.py",
         "tasks/__init__.py",

@@ -1,10 +1,11 @@
 import pytest
 
 from fem.configs import TaskConfig
+from fem.drawing import render_prompt
+from fem.readout import score_completions
 from fem.tasks import build_task
-from fem.tasks.answering import cut_rationale, own_completion, score_completions, training_completion
+from fem.tasks.answering import cut_rationale, own_completion, training_completion
 from fem.tasks.base import Example
-from fem.tasks.prompting import render_prompt
 
 
 def judge_example(answer="A"):
@@ -164,7 +165,8 @@ def test_summarize_human_target_metrics():
 
 
 def _runtime(fake, **eval_kwargs):
-    from fem.configs import Configs, EMConfig, EStepConfig, EvalConfig, ProposalConfig
+    from fem.configs import EMConfig, EStepConfig, EvalConfig, ProposalConfig
+    from fem.run_configs import Configs
     from fem.runtime import Runtime
 
     task_config = TaskConfig(task="judge", answer_mode="forced")
@@ -185,7 +187,7 @@ def test_estep_keeps_the_read_out_confidence_in_the_training_completion(fake_bac
     its stated confidence, so a model trained on it writes what generate-mode evaluation parses."""
     import math
 
-    from fem.estep.base import PLAIN
+    from fem.drawing import PLAIN
     from fem.proposals.base import Trace
 
     class Fixed:

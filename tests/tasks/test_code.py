@@ -1,8 +1,9 @@
 import pytest
 
 from fem.configs import TaskConfig
+from fem.readout import score_completions
 from fem.tasks import build_task
-from fem.tasks.answering import score_completions, training_completion
+from fem.tasks.answering import training_completion
 from fem.tasks.check import run_checks
 
 

@@ -1,8 +1,8 @@
 import pytest
 
 from fem.configs import TaskConfig
+from fem.readout import score_completions
 from fem.tasks import build_task
-from fem.tasks.answering import score_completions
 from fem.tasks.base import Example
 from fem.tasks.choice import parse_choice
 from fem.tasks.judge import parse_confidence, parse_verdict

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from fem.eval import metrics as M
+from fem import metrics as M
 
 
 def test_ece_and_brier_hand_computed():

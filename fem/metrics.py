@@ -1,4 +1,4 @@
-"""Metrics shared by tasks: accuracy, calibration (ECE, Brier, reliability table), pass@k, maj@k."""
+"""Metrics shared by tasks and reports: accuracy, calibration (ECE, Brier, reliability table), pass@k, maj@k."""
 
 from __future__ import annotations
 

@@ -6,16 +6,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fem.configs import Configs
+from fem.drawing import PLAIN, render_prompt
 from fem.errors import ConfigError
-from fem.estep.base import PLAIN
-from fem.tasks.prompting import render_prompt
+from fem.preflight import preflight
+from fem.proposals.base import Trace
+from fem.recipe import parse_configs
+from fem.runtime import build_runtime
 from fem.utils.distributed import current_world
 from fem.utils.io import JsonlWriter
-from fem.utils.logging import get_logger
 from fem.utils.seeding import derive_seed, seed_everything
-
-logger = get_logger(__name__)
 
 
 def pop_option(argv: list[str], name: str, default: str | None = None) -> str | None:
@@ -33,7 +32,7 @@ def pop_option(argv: list[str], name: str, default: str | None = None) -> str | 
     return default
 
 
-def trace_record(example_id: str, sample_index: int, proposal: str, trace: Any) -> dict[str, Any]:
+def trace_record(example_id: str, sample_index: int, proposal: str, trace: Trace) -> dict[str, Any]:
     summary = trace.summary()
     return {
         "example_id": example_id,
@@ -51,34 +50,26 @@ def trace_record(example_id: str, sample_index: int, proposal: str, trace: Any) 
     }
 
 
-def sample_command(configs: Configs, *, split: str, out: str | None) -> int:
-    """Draw ``num_samples`` traces per prompt of ``split`` with ``proposal`` and write them to ``out``."""
-    from fem.models import resolve_model_source
-    from fem.proposals import check_proposal_name
-    from fem.runtime import build_runtime
-    from fem.tasks import check_task_name, validate_task_data
-
+def main(argv: list[str]) -> int:
+    """Draw ``num_samples`` traces per prompt of ``--split`` with ``proposal`` and write them to ``--out``."""
+    argv = list(argv)
+    split = pop_option(argv, "--split", "eval")
+    out = pop_option(argv, "--out")
+    configs = parse_configs(argv)
     if split not in ("train", "eval"):
         raise ConfigError(f"unknown split '{split}'", field="split", fix="use --split train or --split eval")
-    # only the split that is sampled is read (eval-only tasks such as math500 ship no train split)
-    resolve_model_source(configs.model.model_name_or_path, configs.em.gguf_file)
-    check_task_name(configs.task.task)
-    check_proposal_name(configs.proposal.proposal)
-    validate_task_data(configs.task, splits=(split,))
+    preflight(configs, splits=(split,), proposals=[configs.proposal.proposal])
     seed = int(configs.mstep.seed)
     seed_everything(seed)
     world = current_world()
     runtime = build_runtime(configs, world)
     examples = runtime.task.load(split)
+    order = {e.id: i for i, e in enumerate(examples)}
     proposal = runtime.proposal()
     path = Path(out or Path(configs.mstep.output_dir) / "samples.jsonl")
-    if world.size > 1:
-        path = path.with_suffix(f".rank{world.rank}.jsonl")
-    chunk = configs.proposal.generation_batch_size
     start, tokens, count = time.perf_counter(), 0, 0
-    with JsonlWriter(path) as writer:
-        for c in range(world.rank, (len(examples) + chunk - 1) // chunk, world.size):
-            batch = examples[c * chunk : (c + 1) * chunk]
+    with JsonlWriter(world.rank_file(path)) as writer:
+        for c, batch in world.chunks(examples, configs.proposal.generation_batch_size):
             prompts = [render_prompt(runtime.tokenizer, runtime.messages(e, PLAIN)) for e in batch]
             traces = proposal.propose(prompts, configs.eval.num_samples, seed=derive_seed(seed, "sample", c))
             records = [
@@ -87,6 +78,7 @@ def sample_command(configs: Configs, *, split: str, out: str | None) -> int:
             writer.write_many(records)
             tokens += sum(r["cost"]["tokens_decoded"] for r in records)
             count += len(records)
+    world.merge_rank_files(path, key=lambda r: (order[r["example_id"]], r["sample_index"]), remove=True)
     wall = time.perf_counter() - start
     print(
         f"fem sample: {count} traces from {len(examples)} prompts with {proposal.name} -> {path} ({tokens} tokens decoded, {tokens / max(wall, 1e-9):.1f} tok/s)"

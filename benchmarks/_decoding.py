@@ -1,37 +1,22 @@
-"""Benchmark the HF backend and power_mh against transformers' generate loop and the reference MH loop.
-
-One process, fp32, OMP_NUM_THREADS=1. For each model (tiny random Llama, SmolLM2-135M-Instruct):
-
-(a) HFBackend batched decoding tokens/s at batch 1/8/16/32 vs a per-prompt ``model.generate`` loop
-    (do_sample, temperature 1, top_k=0);
-(b) power_mh (KV reuse, lockstep batching, early rejection) vs a faithful re-implementation of the published
-    reference loop (one ``model.generate`` call per stage extension and per MH step per chain, no cache reuse,
-    batch 1, uniform cut, cap = current length, truncated comparison) at the same alpha, B, T, N and seeds:
-    wall-clock, tokens decoded and prefix tokens re-encoded per MH step;
-(c) the cost of one power sample relative to one ancestral sample (batched, same backend).
-
-Usage: OMP_NUM_THREADS=1 python benchmarks/bench_proposals.py [--quick] [--model smollm2-135m-instruct] [--out results.json]
+"""Decoding helpers shared by the throughput, power-cost and memory benchmarks: chat prompts, the per-prompt
+``model.generate`` loop and the hf backend's batched tokens/s (throughput), the published reference power-MH loop
+(``ReferenceMH``: one ``model.generate`` per stage extension and per MH step, batch 1, uniform cut, cap = current
+length, truncated comparison) and ``bench_power``, which runs it against fem's power_mh and ancestral sampling at
+the same alpha, B, T, N and seeds.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
 import random
-import tempfile
 import time
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch
 
-import torch  # noqa: E402
-
-from fem.configs import ProposalConfig  # noqa: E402
-from fem.generation.base import SamplingParams  # noqa: E402
-from fem.generation.hf import HFBackend  # noqa: E402
-from fem.models import load_model_and_tokenizer  # noqa: E402
-from fem.proposals import build_proposal  # noqa: E402
+from fem.configs import ProposalConfig
+from fem.generation.base import SamplingParams
+from fem.generation.hf import HFBackend
+from fem.proposals import build_proposal
 
 QUESTIONS = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did she sell?",
@@ -60,7 +45,7 @@ def chat_prompts(tokenizer, n: int) -> list[list[int]]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------- (a) throughput
+# ---------------------------------------------------------------------------------------------- throughput
 def generate_loop_tps(model, tokenizer, prompts, max_new: int, seed: int) -> dict:
     torch.manual_seed(seed)
     tokens, t0 = 0, time.perf_counter()
@@ -92,7 +77,7 @@ def backend_tps(backend, prompts, batch: int, max_new: int, seed: int) -> dict:
     return {"batch": batch, "tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall}
 
 
-# ---------------------------------------------------------------------------------------------- (b) reference loop
+# ---------------------------------------------------------------------------------------------- reference loop
 class ReferenceMH:
     """The published loop (Karan & Du ``mcmc_power_samp``): batch 1, ``model.generate`` per extension and MH step,
     raw logits -> alpha log p, processed scores -> log q, uniform cut, cap = current length, truncated sums."""
@@ -242,73 +227,3 @@ def bench_power(
             "power_over_ancestral_wall": best["wall_s"] / anc_wall,
         },
     }
-
-
-def run_model(name: str, path: str, quick: bool, seed: int) -> dict:
-    model, tokenizer = load_model_and_tokenizer(path)
-    backend = HFBackend(model, tokenizer)
-    max_new = 32 if quick else 64
-    prompts32 = chat_prompts(tokenizer, 32)
-    result: dict = {"model": name}
-    loop_prompts = prompts32[: 4 if quick else 8]
-    result["generate_loop"] = generate_loop_tps(model, tokenizer, loop_prompts, max_new, seed)
-    result["backend"] = [
-        backend_tps(backend, prompts32[: max(b, 4 if quick else 8) if b == 1 else b], b, max_new, seed)
-        for b in (1, 8, 16, 32)
-    ]
-    base = result["generate_loop"]["tokens_per_s"]
-    for row in result["backend"]:
-        row["speedup_vs_generate_loop"] = row["tokens_per_s"] / base
-    horizon, block, steps = (32, 8, 2) if quick else (64, 16, 2)
-    result["power"] = bench_power(
-        model, tokenizer, backend, chat_prompts(tokenizer, 4), 2, 4.0, block, horizon, steps, seed
-    )
-    return result
-
-
-def print_table(results: list[dict]) -> None:
-    for r in results:
-        print(f"\n== {r['model']} ==")
-        print(f"generate loop (batch 1, model.generate): {r['generate_loop']['tokens_per_s']:.1f} tok/s")
-        for row in r["backend"]:
-            print(
-                f"HFBackend batch {row['batch']:>2}: {row['tokens_per_s']:8.1f} tok/s   x{row['speedup_vs_generate_loop']:.2f} vs generate loop"
-            )
-        p = r["power"]
-        s = p["settings"]
-        print(f"power_mh alpha={s['alpha']} B={s['block']} T={s['horizon']} N={s['steps']} chains={s['chains']}")
-        ref, ours = p["reference"], p["ours"]["early_rejection"]
-        print(
-            f"  reference loop: {ref['wall_s']:.1f}s for {ref['mh_steps']} MH steps ({ref['wall_s'] / ref['mh_steps']:.3f} s/step), acceptance {ref['acceptance']:.2f}"
-        )
-        print(
-            f"  ours (KV reuse, batch, ER): {ours['wall_s']:.1f}s for {ours['mh_steps']} MH steps ({ours['wall_s'] / ours['mh_steps']:.3f} s/step), acceptance {ours['acceptance']:.2f}"
-        )
-        for k, v in p["ratios"].items():
-            print(f"  {k}: {v:.2f}")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny model only (seconds)")
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="the real model (alias, folder or .gguf)")
-    parser.add_argument("--out", default=None, help="write the results as JSON")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    from fem.testing.tiny import save_tiny_model
-
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        results.append(run_model("tiny", str(save_tiny_model(tmp)), True, args.seed))
-    if not args.quick:
-        results.append(run_model(args.model, args.model, False, args.seed))
-    print_table(results)
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump({"threads": torch.get_num_threads(), "results": results}, fh, indent=2)
-        print(f"\nwrote {args.out}")
-
-
-if __name__ == "__main__":
-    main()

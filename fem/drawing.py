@@ -1,16 +1,24 @@
-"""E-step records: one scored draw (a ``Sample``) and the ``Drawer`` that produces them for any scheme."""
+"""Drawing: a task's prompt -> token ids -> proposal traces -> scored ``Sample``s, for the E-step, eval and sample.
+
+``ProposalDrawer`` is the one drawer every scheme and the evaluation use; ``PLAIN``/``HINTED`` name which prompt a
+rationale was drawn from. The drawer is handed its scoring (``fem.runtime`` wires it: a written answer is parsed
+by the task, a forced one is read through the task's cue with the backend, ``fem.readout``).
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+from transformers import PreTrainedTokenizerBase
 
 from fem.errors import FemError
 from fem.proposals.base import Proposal, Trace
 from fem.tasks.answering import own_completion
-from fem.tasks.base import Example, Prediction, Task
+from fem.tasks.base import Example, Messages, Prediction, Task
+from fem.tasks.prompting import plain_text, with_system
 
 PLAIN, HINTED = "plain", "hinted"
 
@@ -55,6 +63,21 @@ class Sample:
         }
 
 
+def render_prompt(tokenizer: Any, messages: Messages, system_prompt: str | None = None) -> list[int]:
+    """Token ids of the prompt: the tokenizer's chat template with ``add_generation_prompt=True`` when it has one,
+    otherwise the plain concatenation of the message contents. ``tokenizer`` may also be a generation backend or a
+    test LM (anything with ``encode``), which has no chat template."""
+    messages = with_system(messages, system_prompt)
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        return list(tokenizer.encode(plain_text(messages)))
+    if tokenizer.chat_template:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        if isinstance(ids, Mapping):  # some tokenizers return a BatchEncoding regardless
+            ids = ids["input_ids"]
+        return [int(i) for i in ids]
+    return list(tokenizer(plain_text(messages), add_special_tokens=True)["input_ids"])
+
+
 class Drawer(Protocol):
     """Draws ``n`` scored samples per example from the plain or the hinted prompt."""
 
@@ -68,7 +91,7 @@ class ProposalError(FemError):
 def proposal_label(proposal: Any) -> str:
     """A proposal's name, plus its dotted class path when it is a user's class (what the recipe names)."""
     cls = type(proposal)
-    name = getattr(proposal, "name", cls.__name__)
+    name = proposal.name
     return name if cls.__module__.startswith("fem.") else f"{name} ({cls.__module__}.{cls.__qualname__})"
 
 
@@ -101,7 +124,6 @@ class ProposalDrawer:
     render: Callable[[Example, str], list[int]]  # (example, origin) -> prompt token ids
     score: Callable[[Sequence[Example], Sequence[list[int]], Sequence[str], int], list[Prediction]]  # (..., seed)
     train_completion: Callable[[str, Example, float | None], str]  # (rationale, example, stated confidence)
-    extra: dict[str, Any] = field(default_factory=dict)
     # around each draw-and-score: e.g. the backend keeping the prompts' KV for the forced-answer read-out
     session: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
 

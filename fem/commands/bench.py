@@ -7,7 +7,10 @@
                                          throughput fp32 only, quality and em on the stylized task only
     fem bench report [--out DIR]         rebuild BENCHMARKS.md from the JSON in DIR
 
-The scripts live in the repository checkout (editable install), not in the wheel.
+The scripts live in the source checkout, not in the wheel: ``fem bench`` runs the ``benchmarks/`` folder of the
+current directory (the checkout's root: an editable or a regular install alike), else ``$FEM_BENCHMARKS``, else the
+one next to an editable install's package. Each script runs in its own process, BENCHMARKS.md is written by
+``benchmarks/report.py``.
 """
 
 from __future__ import annotations
@@ -41,10 +44,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "bench_power.py",
         "equal-token accuracy and log p^alpha: ancestral, low-temp, best-of-n, power_mh, power_smc (stylized)",
     ),
-    "proposals": ("bench_proposals.py", "(legacy) backend and power_mh throughput in one script"),
 }
 # group -> {benchmark: its extra arguments}; the order is the order of the run and of BENCHMARKS.md
-ALL: dict[str, list[str]] = {n: [] for n in BENCHMARKS if n != "proposals"}
+ALL: dict[str, list[str]] = {n: [] for n in BENCHMARKS}
 # every section at a size that fits < 20 min on a 2-core CPU (`make bench-core`): throughput in fp32 only (bf16 has
 # no hardware support on such CPUs), quality on the stylized task only, EM schemes on the stylized task only
 CORE: dict[str, list[str]] = {
@@ -58,18 +60,23 @@ GROUPS = {"all": ALL, "core": CORE}
 
 
 def benchmarks_dir() -> Path:
-    """``benchmarks/`` next to the ``fem`` package of the checkout (editable install)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks"
-    if not (path / "_common.py").is_file():
-        raise FemError(
-            f"no benchmarks folder at {path}",
-            fix="run fem bench from a source checkout installed with `pip install -e .` (make install)",
-        )
-    return path
+    """``benchmarks/`` of the source checkout: in the current directory, at ``$FEM_BENCHMARKS``, or next to the
+    package of an editable install."""
+    candidates = [Path.cwd() / "benchmarks"]
+    if os.environ.get("FEM_BENCHMARKS"):
+        candidates.append(Path(os.environ["FEM_BENCHMARKS"]))
+    candidates.append(Path(__file__).resolve().parents[2] / "benchmarks")
+    for path in candidates:
+        if (path / "_common.py").is_file():
+            return path.resolve()
+    raise FemError(
+        "no benchmarks folder (benchmarks/_common.py) in the current directory",
+        fix="run fem bench from the root of the fem source checkout, or set FEM_BENCHMARKS to its benchmarks/ folder",
+    )
 
 
-def _run(name: str, quick: bool, out: Path, extra: list[str]) -> int:
-    script = benchmarks_dir() / BENCHMARKS[name][0]
+def _run(root: Path, name: str, quick: bool, out: Path, extra: list[str]) -> int:
+    script = root / BENCHMARKS[name][0]
     cmd = [sys.executable, str(script), "--out", str(out), *(["--quick"] if quick else []), *extra]
     env = {**os.environ}
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -81,6 +88,12 @@ def _run(name: str, quick: bool, out: Path, extra: list[str]) -> int:
     code = subprocess.call(cmd, env=env, cwd=str(script.parents[1]))
     print(f"== {name}: exit {code} after {time.perf_counter() - t0:.0f} s", flush=True)
     return code
+
+
+def _write_report(root: Path, out: Path, quick: bool) -> int:
+    """BENCHMARKS.md from the JSON in ``out``, rendered by ``benchmarks/report.py`` (it prints the path)."""
+    target = _report_target(root, out, quick)
+    return subprocess.call([sys.executable, str(root / "report.py"), str(out), str(target)], cwd=str(root.parent))
 
 
 def _report_target(root: Path, out: Path, quick: bool) -> Path:
@@ -104,18 +117,13 @@ def main(argv: list[str]) -> int:
     root = benchmarks_dir()
     out = Path(args.out) if args.out else root / "results"
     out.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(root))
     if args.name == "report":
-        from report import write_report  # benchmarks/report.py
-
-        print(f"wrote {write_report(out, _report_target(root, out, args.quick))}")
-        return 0
+        return _write_report(root, out, args.quick)
     if args.name in GROUPS:
         group = GROUPS[args.name]
-        failed = [n for n, own in group.items() if _run(n, args.quick, out, [*own, *extra]) != 0]
-        from report import write_report
-
-        print(f"wrote {write_report(out, _report_target(root, out, args.quick))}")
+        failed = [n for n, own in group.items() if _run(root, n, args.quick, out, [*own, *extra]) != 0]
+        if _write_report(root, out, args.quick) != 0:
+            failed.append("report")
         if failed:
             print(f"fem bench: failed: {', '.join(failed)}", file=sys.stderr)
         return 1 if failed else 0
@@ -123,4 +131,4 @@ def main(argv: list[str]) -> int:
         raise FemError(
             f"unknown benchmark '{args.name}'", fix=f"use one of list, all, core, report, {', '.join(BENCHMARKS)}"
         )
-    return _run(args.name, args.quick, out, extra)
+    return _run(root, args.name, args.quick, out, extra)

@@ -1,0 +1,108 @@
+"""``fem eval``: evaluate a base model, or base + LoRA adapter, with one or several proposals side by side on the
+same prompts and seeds. Builds no trainer and no optimizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fem.errors import ConfigError
+from fem.eval.evaluate import EvalProgress, eval_examples, evaluate
+from fem.preflight import Preflight, preflight, print_plan
+from fem.proposals import build_proposal
+from fem.recipe import parse_configs
+from fem.report.render import comparison_table
+from fem.run_configs import Configs
+from fem.runtime import Runtime, build_runtime
+from fem.utils.distributed import current_world, is_main_process
+from fem.utils.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+from fem.utils.seeding import seed_everything
+
+
+def main(argv: list[str]) -> int:
+    return evaluate_command(parse_configs(argv))
+
+
+def plan(configs: Configs, checked: Preflight) -> dict[str, Any]:
+    """What ``--dry_run`` prints."""
+    source, p, ev = checked.model_source, configs.proposal, configs.eval
+    return {
+        "model": f"{configs.model.model_name_or_path} -> {source[0]}" + (f" [{source[1]}]" if source[1] else ""),
+        "adapter": checked.adapter or "none",
+        "task": f"{configs.task.task} (answer_mode={ev.eval_answer_mode or configs.task.answer_mode})",
+        "data": f"eval={checked.data['eval']}",
+        "proposals": ", ".join(label for label, _ in configs.eval_variants()),
+        "settings": f"temperature={ev.eval_temperature}, T={ev.eval_max_new_tokens or p.max_new_tokens}, alpha={p.power_alpha}, "
+        f"B={p.block_size}, N={p.power_mh_steps}, beta={p.power_beta}, samples/prompt={ev.num_samples}"
+        + (
+            f", smc_particles={p.smc_particles}"
+            if any(c.proposal == "power_smc" for _, c in configs.eval_variants())
+            else ""
+        ),
+        "output_dir": str(Path(configs.mstep.output_dir) / "eval"),
+    }
+
+
+def load_adapter(runtime: Runtime, adapter: str) -> None:
+    """Load the adapter to evaluate; one that does not fit the model is a user error, not a traceback."""
+    try:
+        runtime.backend.load_adapter(adapter)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:  # wrong base model, torn files, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(
+            f"cannot load adapter {adapter} onto {runtime.configs.model.model_name_or_path}: {first}",
+            field="adapter",
+            fix="use an adapter trained from this model_name_or_path",
+        ) from None
+
+
+def evaluate_command(configs: Configs) -> int:
+    labels = configs.eval.proposal_list or [configs.eval.eval_proposal or "ancestral"]
+    checked = preflight(configs, splits=("eval",), proposals=labels, adapter=True)
+    if configs.em.dry_run:
+        if is_main_process():
+            print_plan("fem eval plan (dry run: no model loaded)", plan(configs, checked), width=11)
+        return 0
+    seed = int(configs.mstep.seed)
+    seed_everything(seed)
+    world = current_world()
+    runtime = build_runtime(configs, world)
+    if checked.adapter:
+        load_adapter(runtime, checked.adapter)
+    examples = eval_examples(runtime.task, runtime.task.load("eval"), configs.eval.eval_position_swap)
+    out_dir = Path(configs.mstep.output_dir) / "eval"
+    if world.is_main:  # a failed re-run must not leave an earlier run's results looking like its own
+        for stale in ("metrics.json", "predictions.jsonl", "report.md"):
+            (out_dir / stale).unlink(missing_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    all_records: list[dict[str, Any]] = []
+    for label, config in configs.eval_variants():
+        proposal = build_proposal(config, runtime.backend)
+        sub = out_dir / label.replace(":", "_")
+        with EvalProgress(len(examples), f"eval {label}", world.is_main) as progress:
+            results[label] = evaluate(
+                task=runtime.task,
+                examples=examples,
+                drawer=runtime.drawer(proposal),
+                proposal_name=label,
+                num_samples=configs.eval.num_samples,
+                seed=seed,
+                chunk_size=config.generation_batch_size,
+                world=world,
+                out_dir=sub,
+                progress=progress,
+            )
+        if world.is_main:
+            all_records += [{**r, "proposal": label} for r in read_jsonl(sub / "predictions.jsonl")]
+    if world.is_main:
+        atomic_write_json(out_dir / "metrics.json", results)
+        write_jsonl(out_dir / "predictions.jsonl", all_records)
+        table = comparison_table(results)
+        header = f"# fem eval: {configs.task.task}\n\nmodel: {configs.model.model_name_or_path}" + (
+            f" + adapter {checked.adapter}" if checked.adapter else ""
+        )
+        header += f"\nexamples: {len(examples)}, samples per prompt: {configs.eval.num_samples}, seed: {seed}\n\n"
+        atomic_write_text(out_dir / "report.md", header + table + "\n")
+        print(table)
+        print(f"\nfem eval: metrics, predictions and report in {out_dir}")
+    return 0

@@ -1,0 +1,97 @@
+"""``fem train``: validate everything first (``--dry_run`` stops there), then run or resume the EM loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fem.loop import EMRunner
+from fem.preflight import Preflight, preflight, print_plan
+from fem.recipe import parse_configs
+from fem.run_configs import Configs
+from fem.utils.distributed import is_main_process
+from fem.utils.io import read_jsonl
+
+
+def main(argv: list[str]) -> int:
+    return train(parse_configs(argv))
+
+
+def check(configs: Configs) -> Preflight:
+    """The preflight of a training run: both splits, every proposal it names, the output dir."""
+    labels = [configs.proposal.proposal, configs.eval.eval_proposal or "ancestral", *configs.eval.proposal_list]
+    return preflight(configs, splits=("train", "eval"), proposals=labels, output_dir=True)
+
+
+def plan(configs: Configs, checked: Preflight) -> dict[str, Any]:
+    """What ``--dry_run`` prints."""
+    name, (folder, gguf) = configs.model.model_name_or_path, checked.model_source
+    p = configs.proposal
+    proposal = p.proposal
+    if proposal == "power_mh":
+        proposal += f" (cut={p.power_cut}, alpha={p.power_alpha}, B={p.block_size}, T={p.max_new_tokens}, N={p.power_mh_steps})"
+    elif proposal == "power_smc":
+        proposal += f" (particles={p.smc_particles}, alpha={p.power_alpha}, B={p.block_size}, T={p.max_new_tokens}, resample {p.smc_resampling} at ESS < {p.smc_ess_threshold} per {p.smc_resample_every})"
+    return {
+        "model": f"{name} -> {folder if folder != name else 'hub id or not-yet-existing path: resolved at load time'}"
+        + (f" [{gguf}]" if gguf else ""),
+        "task": f"{configs.task.task} (answer_mode={configs.task.answer_mode}"
+        + (f", eval {configs.eval.eval_answer_mode}" if configs.eval.eval_answer_mode else "")
+        + ")",
+        "data": checked.data,
+        "scheme": f"{configs.estep.scheme} (M={configs.estep.estep_samples}, keep<={configs.estep.estep_max_keep}"
+        + ("" if configs.estep.reward_filter else ", unfiltered: every draw kept whatever its reward")
+        + ")",
+        "proposal": proposal,
+        "eval_proposal": configs.eval.eval_proposal or f"ancestral (temperature {configs.eval.eval_temperature})",
+        "rounds": configs.em.rounds,
+        "lora": f"r={configs.model.lora_r}, alpha={configs.model.lora_alpha}, targets={configs.model.lora_target_modules}",
+        "output_dir": f"{Path(configs.mstep.output_dir)} ({checked.output_status})",
+    }
+
+
+def train(configs: Configs) -> int:
+    checked = check(configs)
+    if configs.em.dry_run:
+        if is_main_process():
+            print_plan("fem train plan (dry run: no model loaded)", plan(configs, checked), width=14)
+        return 0
+    runner = EMRunner(configs)
+    runner.run()
+    if is_main_process():
+        print(summary_table(runner.output_dir))
+        print(f"\nfem train: finished {configs.em.rounds} round(s); outputs in {runner.output_dir}")
+        if (runner.output_dir / "report.md").exists():
+            print(f"report: {runner.output_dir / 'report.md'}, plots: {runner.output_dir / 'plots'}")
+    return 0
+
+
+SUMMARY_COLUMNS = (
+    ("eval/accuracy", "accuracy"),
+    ("eval/ece", "ECE"),
+    ("eval/brier", "Brier"),
+    ("eval/parsed_fraction", "parsed"),
+    ("estep/acceptance_rate", "accept"),
+    ("estep/kept_samples", "kept"),
+    ("mstep/loss", "M-loss"),
+    ("eval/tokens_per_s", "eval tok/s"),
+)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:.0f}" if abs(value) >= 100 else f"{value:.3f}"
+    return str(value)
+
+
+def summary_table(output_dir: Path) -> str:
+    """Before/after table from ``metrics.jsonl``: one row per round (``base`` = before training)."""
+    rows = read_jsonl(output_dir / "metrics.jsonl")
+    columns = [(key, name) for key, name in SUMMARY_COLUMNS if any(key in r for r in rows)]
+    lines = ["| round | " + " | ".join(name for _, name in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for r in rows:
+        cells = [_cell(r.get(key)) for key, _ in columns]
+        lines.append(f"| {'base' if r['round'] < 0 else r['round']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,16 @@
+"""Choices and rule helpers shared by the config dataclasses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+SCHEMES = ("rejection", "star", "pps")
+CUTS = ("uniform", "entropy")
+SMC_RESAMPLINGS = ("systematic", "multinomial")
+SMC_RESAMPLE_EVERY = ("block", "token")
+ANSWER_MODES = ("generate", "forced")
+TIE_POLICIES = ("drop", "third")
+
+
+def positive_count(name: str) -> dict[str, Any]:
+    return {"min": 1, "fix": f"remove {name} or set it to a positive count"}

@@ -1,0 +1,117 @@
+"""Validate before compute: every check a command can make without loading a model, in one place.
+
+``preflight`` resolves the model source and checks the backend, task and proposal names, the task's field mapping,
+the data of the splits the command reads, and on request the adapter to evaluate and the output dir to train in.
+A recipe error names the recipe file (a data error its data file). Each command prints its plan from the
+``Preflight`` it gets back (``--dry_run`` stops there).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fem.errors import ConfigError
+from fem.generation import check_backend_name
+from fem.models import resolve_model_source
+from fem.proposals import check_proposal_name
+from fem.run_configs import Configs
+from fem.state import check_output_dir, run_config
+from fem.tasks import build_task, check_task_name, validate_task_data
+from fem.utils.io import read_json
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the checks found: the model's folder (and GGUF file), examples per split read, the adapter to load,
+    and the output dir's status (``new``, ``resume`` or ``not checked``)."""
+
+    model_source: tuple[str, str | None]
+    data: dict[str, int]
+    adapter: str | None = None
+    output_status: str = "not checked"
+
+
+def preflight(
+    configs: Configs,
+    *,
+    splits: Sequence[str],
+    proposals: Sequence[str],
+    adapter: bool = False,
+    output_dir: bool = False,
+) -> Preflight:
+    """Check everything a command needs before a model loads. ``proposals`` are proposal labels (``power_mh:uniform``
+    picks a cut of power_mh); only ``splits`` are read (eval-only tasks such as math500 ship no train split)."""
+    try:
+        source = resolve_model_source(configs.model.model_name_or_path, configs.em.gguf_file)
+        check_backend_name(configs.em.backend)
+        check_task_name(configs.task.task)
+        for label in proposals:
+            check_proposal_name(configs.eval_variant(label, "proposals").proposal)
+        check_task_fields(configs)
+        data = validate_task_data(configs.task, tuple(splits))
+        found = resolve_adapter(configs.eval.adapter) if adapter else None
+        status = "not checked"
+        if output_dir:
+            config = run_config(configs)
+            status = check_output_dir(
+                Path(configs.mstep.output_dir), config, overwrite=configs.em.overwrite_output_dir_contents
+            )
+    except ConfigError as e:
+        raise (e.in_file(configs.recipe) if configs.recipe else e) from None
+    return Preflight(model_source=source, data=data, adapter=found, output_status=status)
+
+
+def check_task_fields(configs: Configs) -> None:
+    """``task_fields`` may only name fields the task reads (a typo there would silently be ignored)."""
+    if not configs.task.task_fields:
+        return
+    task = build_task(configs.task)
+    known = task.field_names()
+    if not known:  # a task that reads its own fields: they are its own business
+        return
+    for name in configs.task.task_fields:
+        if str(name) not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            raise ConfigError(
+                f"'{name}' is not a field of task {configs.task.task} (its fields: {', '.join(known)})",
+                field="task_fields",
+                fix=f"did you mean '{close[0]}'?" if close else "remove it from task_fields",
+            )
+
+
+def resolve_adapter(path: str | None) -> str | None:
+    """An adapter dir, or a training output dir (its last finished round's adapter)."""
+    if not path:
+        return None
+    p = Path(path)
+    if (p / "adapter_config.json").is_file():
+        return str(p)
+    if (p / "state.json").is_file():
+        last = read_json(p / "state.json").get("last_adapter")
+        # state.json records the path as the run saw it (relative to its working dir); also try it under p
+        for candidate in [Path(last), p / Path(last).parent.name / "adapter"] if last else []:
+            if (candidate / "adapter_config.json").is_file():
+                return str(candidate)
+        raise ConfigError(
+            f"{p} holds a training run with no finished adapter yet",
+            field="adapter",
+            fix="finish a round first or name an adapter dir",
+        )
+    raise ConfigError(
+        f"{p} is neither a LoRA adapter dir nor a fem training dir",
+        field="adapter",
+        fix="point --adapter to round_K/adapter or to a training output_dir",
+    )
+
+
+def print_plan(title: str, plan: dict[str, Any], width: int) -> None:
+    """``title`` and one ``key value`` line per plan entry (a mapping is written ``k=v, ...``)."""
+    print(title)
+    for key, value in plan.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        print(f"  {key:<{width}} {value}")

@@ -1,0 +1,152 @@
+"""The forced answer read-out: after the rationale, append the task's answer cue and let the model answer.
+
+For closed answers the backend's next-token log-probabilities over the options' first differing tokens are
+renormalized over the options: the verdict is their argmax (or, with an ``rng``, a draw from them) and the
+confidence its probability. For open answers the cue is followed by greedy decoding up to the task's stop string,
+and the result is parsed. The task only declares its cue, options, option text and stop (``fem.tasks.base.Task``);
+this module asks the backend. ``score_completions`` scores in either answer mode.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+from collections.abc import Sequence
+
+from fem.generation.base import GenerationBackend, SamplingParams
+from fem.tasks.answering import cut_rationale, join_rationale, score_written
+from fem.tasks.base import Example, Prediction, Task
+from fem.tasks.prompting import plain_text
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _default_prompt_ids(task: Task, backend: GenerationBackend, example: Example) -> list[int]:
+    return list(backend.encode(plain_text(task.prompt(example))))
+
+
+def score_completions(
+    task: Task,
+    backend: GenerationBackend,
+    examples: Sequence[Example],
+    completions: Sequence[str],
+    answer_mode: str = "generate",
+    *,
+    prompt_ids: Sequence[Sequence[int]] | None = None,
+    sample_indices: Sequence[int] | None = None,
+    batch_size: int = 16,
+    rng: random.Random | None = None,
+) -> list[Prediction]:
+    """One ``Prediction`` per (example, completion) pair (the two lists are aligned).
+
+    ``prompt_ids`` are the token ids each completion was generated from (needed by forced mode; by default the
+    plain prompt text is encoded with ``backend.encode``). ``backend`` is unused in generate mode.
+    With ``rng`` (the E-step), forced mode *samples* the verdict from the option probabilities instead of taking
+    the argmax: the E-step draws the answer from the model, as it draws the rationale.
+    """
+    if len(examples) != len(completions):
+        raise ValueError(f"{len(examples)} examples but {len(completions)} completions")
+    indices = list(sample_indices) if sample_indices is not None else [0] * len(examples)
+    if answer_mode == "generate":
+        return [score_written(task, ex, c, i) for ex, c, i in zip(examples, completions, indices)]
+    if answer_mode != "forced":
+        raise ValueError(f"unknown answer_mode '{answer_mode}' (generate or forced)")
+    if prompt_ids is None:
+        prompt_ids = [_default_prompt_ids(task, backend, ex) for ex in examples]
+    out: list[Prediction | None] = [None] * len(examples)
+    closed = [i for i, ex in enumerate(examples) if task.options(ex)]
+    opened = [i for i, ex in enumerate(examples) if not task.options(ex)]
+    for kind, read in ((closed, functools.partial(_forced_closed, rng=rng)), (opened, _forced_open)):
+        for start in range(0, len(kind), batch_size):
+            rows = kind[start : start + batch_size]
+            picked = [[seq[i] for i in rows] for seq in (examples, completions, prompt_ids, indices)]
+            for i, pred in zip(rows, read(task, backend, *picked)):
+                out[i] = pred
+    return [p for p in out if p is not None]
+
+
+def _forced_closed(
+    task: Task, backend: GenerationBackend, examples, completions, prompts, indices, rng: random.Random | None = None
+) -> list[Prediction]:
+    queries: dict[tuple[int, ...], int] = {}  # prefix -> row in the logprob batch (shared prefixes asked once)
+    plans = []
+    for ex, completion, prompt in zip(examples, completions, prompts):
+        rationale = cut_rationale(task, completion)
+        context = join_rationale(rationale) + task.answer_cue
+        options = list(task.options(ex))
+        fulls = [list(backend.encode(context + task.option_text(o))) for o in options]
+        # the options are read at their first differing token, after the longest prefix they all share
+        k = min(len(f) for f in fulls)
+        for f in fulls[1:]:
+            k = min(k, _common_prefix(fulls[0], f))
+        k = min(k, min(len(f) for f in fulls) - 1)
+        row = queries.setdefault(tuple(list(prompt) + fulls[0][:k]), len(queries))
+        per_option = [(o, row, f[k]) for o, f in zip(options, fulls)]
+        plans.append((ex, completion, rationale, per_option))
+    logprobs = backend.next_token_logprobs([list(p) for p in queries]) if queries else None
+    preds = []
+    for (ex, completion, rationale, per_option), index in zip(plans, indices):
+        scores = [float(logprobs[row, token]) for _, row, token in per_option]
+        top = max(scores)
+        weights = [math.exp(s - top) if math.isfinite(s) else 0.0 for s in scores]
+        total = sum(weights)
+        probs = [w / total for w in weights] if total > 0 else [1.0 / len(weights)] * len(weights)
+        if rng is None:
+            best = max(range(len(probs)), key=lambda j: probs[j])
+        else:
+            best = rng.choices(range(len(probs)), weights=probs)[0]
+        verdict = per_option[best][0]
+        mass = sum(math.exp(s) for s in scores if math.isfinite(s))
+        info = {
+            "mode": "forced",
+            "rationale": rationale,
+            "option_probs": {o: p for (o, _, _), p in zip(per_option, probs)},
+            "option_mass": mass,
+        }
+        preds.append(Prediction(ex.id, completion, verdict, float(task.reward(verdict, ex)), index, probs[best], info))
+    return preds
+
+
+def _forced_open(task: Task, backend: GenerationBackend, examples, completions, prompts, indices) -> list[Prediction]:
+    stop = task.forced_stop
+    max_new = int(task.forced_max_new_tokens)
+    rationales = [cut_rationale(task, c) for c in completions]
+    prefixes = [
+        list(p) + list(backend.encode(join_rationale(r) + task.answer_cue)) for p, r in zip(prompts, rationales)
+    ]
+
+    def stop_callback(row: int, cont) -> bool:
+        return stop in backend.decode(cont.token_ids)
+
+    conts, _ = backend.generate(prefixes, SamplingParams(temperature=0.0), max_new, stop_callback=stop_callback)
+    preds = []
+    for ex, completion, rationale, cont, index in zip(examples, completions, rationales, conts, indices):
+        answer = backend.decode([t for t in cont.token_ids if t not in backend.eos_token_ids])
+        if stop in answer:
+            answer = answer[: answer.index(stop) + (len(stop) if stop in (".", "```") else 0)]
+        text = task.answer_cue + answer
+        try:
+            extracted = task.extract(text)
+        except Exception:
+            extracted = None
+        reward = float(task.reward(extracted, ex)) if extracted is not None else 0.0
+        preds.append(
+            Prediction(
+                ex.id,
+                completion,
+                extracted,
+                reward,
+                index,
+                None,
+                {"mode": "forced", "rationale": rationale, "forced_answer": answer},
+            )
+        )
+    return preds
