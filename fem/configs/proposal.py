@@ -144,9 +144,10 @@ class ProposalConfig:
         },
     )
     smc_ess_threshold: float = field(
-        default=0.5,
+        default=1.0,
         metadata={
-            "help": "power_smc: resample when ESS / particles falls below this (0 = never).",
+            "help": "power_smc: resample when ESS / particles falls below this: 1 = at every check (the default; "
+            "systematic resampling leaves near-equal weights almost as they are), 0 = never.",
             "min": 0,
             "max": 1,
             "fix": "use a fraction of the particle count such as 0.5 (0 never resamples)",

@@ -11,7 +11,9 @@ import pytest
 from fem.configs import ProposalConfig
 from fem.errors import ConfigError
 from fem.proposals import build_proposal
+from fem.proposals.particles import bounded_cache
 from fem.proposals.smc import PowerSMCProposal, ess, resample_indices
+from fem.testing.table_lm import total_variation
 
 ALPHA = 4.0
 
@@ -97,6 +99,49 @@ def test_traces_cost_and_determinism(table_lm):
     assert [t.token_ids for g in again for t in g] == [t.token_ids for t in flat]
     other = build_proposal(cfg, table_lm).propose(prompts, 3, seed=5)
     assert [t.token_ids for g in other for t in g] != [t.token_ids for t in flat]
+
+
+def test_returned_traces_are_systematic_draws_in_random_order(table_lm):
+    """num_samples traces from one system: each particle returned floor or ceil of num_samples * W times (systematic
+    selection), and the order is shuffled, so each returned position on its own is a draw from W: over many
+    systems the first trace's particle has the same law as the weighted particles."""
+    prop = build_proposal(smc(smc_particles=6, power_block_size=1), table_lm)
+    systems = prop.run([table_lm.prompt] * 3000, seed=1)
+    rng = np.random.default_rng(0)
+    first_law, weighted_law = {}, {}
+    for system in systems:
+        traces = prop.draw(system, 5, rng)
+        counts = np.bincount([t.info["particle"] for t in traces], minlength=6)
+        w = system.weights
+        assert np.all(counts >= np.floor(5 * w - 1e-9)) and np.all(counts <= np.ceil(5 * w + 1e-9))
+        key = tuple(traces[0].token_ids)
+        first_law[key] = first_law.get(key, 0.0) + 1 / len(systems)
+        for p, wi in zip(system.particles, w):
+            weighted_law[tuple(p.tokens)] = weighted_law.get(tuple(p.tokens), 0.0) + wi / len(systems)
+    assert total_variation(first_law, weighted_law) < 0.04  # noise ~0.02 at 3000 systems; unshuffled: >= 0.1
+    positions = [[t.info["particle"] for t in prop.draw(systems[0], 5, np.random.default_rng(k))] for k in range(20)]
+    assert len({tuple(p) for p in positions}) > 1  # the order changes with the generator
+
+
+class FakeRow:
+    """A kept row that counts how often it is made self-contained."""
+
+    def __init__(self):
+        self.token_ids, self.materialized = [], 0
+
+    def materialize(self):
+        self.materialized += 1
+        return self
+
+
+def test_row_cache_chains_are_bounded():
+    """A row cache resumed from a kept one may share its prefix storage: after 8 links it is made self-contained."""
+    row, depth = FakeRow(), 0
+    for call in range(1, 20):
+        out, depth = bounded_cache(row, depth)
+        assert out is row and depth == (call - 1) % 8 + 1
+    assert row.materialized == 2  # at the 9th and the 17th link
+    assert bounded_cache(None, 5) == (None, 0)
 
 
 class NoCache:
