@@ -20,7 +20,7 @@ TITLES = {
     "memory": "6. Memory",
     "mstep": "7. M-step overhead (vs plain TRL SFTTrainer + LoRA)",
     "em": "8. EM schemes",
-    "power": "9. Power sampling at equal tokens: power_smc, power_mh and baselines (stylized decision model)",
+    "power": "9. Power sampling at equal tokens: power_smc, power_mh and baselines (stylized models, SmolLM2 slice)",
 }
 
 

@@ -42,19 +42,20 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "em": ("bench_em.py", "EM schemes (rejection, STaR, PPS): acceptance, kept samples, eval accuracy"),
     "power": (
         "bench_power.py",
-        "equal-token accuracy and log p^alpha: ancestral, low-temp, best-of-n, power_mh, power_smc (stylized)",
+        "equal-token accuracy, log p^alpha, wall: ancestral, low-temp, best-of-n, power_mh, power_smc (stylized, SmolLM2)",
     ),
 }
 # group -> {benchmark: its extra arguments}; the order is the order of the run and of BENCHMARKS.md
 ALL: dict[str, list[str]] = {n: [] for n in BENCHMARKS}
 # every section at a size that fits < 20 min on a 2-core CPU (`make bench-core`): throughput in fp32 only (bf16 has
-# no hardware support on such CPUs), quality on the stylized task only, EM schemes on the stylized task only
+# no hardware support on such CPUs), quality on the stylized task only, EM schemes on the stylized task only, power
+# on the even stylized model at one budget and a 16-question SmolLM2 slice (T=16)
 CORE: dict[str, list[str]] = {
     **ALL,
     "throughput": ["--dtypes", "float32"],
     "quality": ["--gsm8k", "0"],
     "em": ["--no-smollm2"],
-    "power": ["--models", "even", "--multiples", "8", "--samples", "256"],
+    "power": "--models even --multiples 8 --samples 256 --slice-n 16 --slice-t 16 --latency-n 4".split(),
 }
 GROUPS = {"all": ALL, "core": CORE}
 
