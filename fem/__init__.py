@@ -5,17 +5,18 @@ import each other (tests/test_layers.py checks both, and that nothing imports in
 
     __main__
     cli                          dispatch only; the one module that imports lazily (fast ``fem --help``)
-    commands/                    train, eval, sample, report, tasks, bench: thin, one ``main(argv)`` each
+    commands/                    train, eval, sample, report, tasks, bench, export: thin, one ``main(argv)`` each
     loop                         EMRunner: E-step -> M-step -> eval per round, resumable
-    runtime, preflight           build task/model/backend/proposals/drawers; validate before compute -> plan
+    runtime, preflight, export/  build task/model/backend/proposals/drawers; validate before compute -> plan; a
+                                   run's round as a shippable folder (adapter or merged model, model card)
     models, estep/, eval/,       model loading; the loop's phases (schemes and their runner, evaluation, LoRA
-      mstep/, report/              M-step through TRL, report.md and plots)
+      mstep/, report/, tracking    M-step through TRL, report.md and plots, the run in the user's trackers)
     drawing, readout, testing    prompt -> traces -> scored samples; the forced answer read-out; test LMs
     proposals/                   ancestral, power_mh, power_smc, best_of_n (drive a backend; never know the task)
     generation/, tasks/          backends (protocols, hf); tasks (data, prompts, answers, rewards, metrics)
     recipe, state                recipe parsing into Configs; run state and resume
-    run_configs, metrics,        one command's Configs and their cross-checks; accuracy/ECE/pass@k...; untrusted
-      sandbox                      code
+    run_configs, metrics,        one command's Configs and their cross-checks; accuracy/ECE/pass@k...; NLL,
+      calibration, sandbox         equal-mass ECE, temperature fit, bootstrap intervals; untrusted code
     configs, trl_configs         the config dataclasses (fem's own; the TRL-based M-step and model configs)
     validation, registry         config checks from field metadata; name-or-dotted-path plug-in resolution
     errors, utils/               user-facing errors; io, logging, seeds, the process group (World)

@@ -1,4 +1,5 @@
-"""The ``fem`` command line: ``fem train | eval | sample | tasks | bench | report``, dispatched to ``fem.commands``.
+"""The ``fem`` command line: ``fem train | eval | sample | tasks | bench | report | export``, dispatched to
+``fem.commands``.
 
 Dispatch only, and the one module of fem that imports lazily: a command module (which pulls torch, transformers,
 TRL) is imported when that command runs, so ``fem --help`` and ``fem train --help`` answer at once. User errors

@@ -37,6 +37,8 @@ class Sample:
     reason: str | None = None  # why it was not kept
     weight: float = 1.0
     own_completion: str | None = None  # the draw with its own answer (the target when kept without reward filter)
+    own_target: bool = False  # kept without the reward filter and trained on ``own_completion``
+    target_confidence: float | None = None  # the confidence the completion states, when the E-step set a target
 
     @property
     def reward(self) -> float:
@@ -57,6 +59,8 @@ class Sample:
             "weight": self.weight,
             "extracted": self.prediction.extracted,
             "confidence": self.prediction.confidence,
+            "target_confidence": self.target_confidence,
+            "gold": self.example.answer if isinstance(self.example.answer, str) else None,
             "rationale": self.trace.text,
             "completion": self.completion,
             "trace": self.trace.summary(),
@@ -126,6 +130,14 @@ class ProposalDrawer:
     train_completion: Callable[[str, Example, float | None], str]  # (rationale, example, stated confidence)
     # around each draw-and-score: e.g. the backend keeping the prompts' KV for the forced-answer read-out
     session: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+    # (examples, prompt ids) -> option probabilities read right after each prompt (no rationale)
+    read_options: Callable[[Sequence[Example], Sequence[list[int]]], list[dict[str, float]]] | None = None
+
+    def read_out(self, examples: Sequence[Example], origin: str) -> list[dict[str, float]]:
+        """The option probabilities each example's ``origin`` prompt gives right after the answer cue."""
+        if self.read_options is None:
+            raise FemError("this drawer has no read-out", fix="build it with read_options (fem.runtime does)")
+        return self.read_options(examples, [self.render(e, origin) for e in examples])
 
     def draw(self, examples: Sequence[Example], origin: str, n: int, *, seed: int) -> list[list[Sample]]:
         prompts = [self.render(e, origin) for e in examples]

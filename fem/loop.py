@@ -3,7 +3,8 @@
 ``EMRunner`` follows a recipe protocol: ``setup`` / ``run`` / ``run_round`` / ``evaluate`` / ``save_state``.
 Every phase's output is on disk before ``state.json`` says it is done, so a killed run resumes where it was:
 a finished round is never redone, a half-finished E-step keeps its finished chunks, an interrupted M-step or
-eval restarts.
+eval restarts. Each ``metrics.jsonl`` line and the M-step's training logs also go to the trackers ``report_to``
+names (``fem.tracking``: main process only, each point once across resumptions).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import yaml
 from tqdm.auto import tqdm
 from trl import get_peft_config
 
+from fem.drawing import Sample
+from fem.estep.confidence import apply_confidence_targets
 from fem.estep.runner import kept_samples, run_estep
 from fem.estep.schemes import build_scheme
 from fem.eval.evaluate import EvalProgress, eval_examples, evaluate
@@ -25,6 +28,7 @@ from fem.report import build_report
 from fem.run_configs import Configs
 from fem.runtime import Runtime, build_runtime
 from fem.state import RunState, run_config
+from fem.tracking import RunTracker, report_to_names, trainer_report_to
 from fem.utils.distributed import World, current_world
 from fem.utils.faults import crash_point
 from fem.utils.io import atomic_write_json, atomic_write_text, read_json, read_jsonl, write_jsonl
@@ -49,6 +53,7 @@ class EMRunner:
         self.world: World = current_world()
         self.runtime: Runtime | None = None
         self.state: RunState | None = None
+        self.tracker: RunTracker | None = None
 
     # -- setup -------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -62,38 +67,48 @@ class EMRunner:
             overwrite=self.configs.em.overwrite_output_dir_contents,
             clean=self.world.is_main,
         )
+        record = run_record(config, "fem train") if self.world.is_main else {}
         if self.world.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            record = run_record(config, "fem train")
             atomic_write_text(self.output_dir / "config.yaml", yaml.safe_dump(record, sort_keys=False))
             self.state.save(self.output_dir)
         self.world.barrier()
         self.runtime = build_runtime(self.configs, self.world)
         self.train_examples = self.runtime.task.load("train")
+        if self.configs.estep.estep_position_swap:  # each pair also drawn with its candidates swapped
+            self.train_examples = self.runtime.task.with_swaps(self.train_examples)
         self.eval_examples = eval_examples(
             self.runtime.task, self.runtime.task.load("eval"), self.configs.eval.eval_position_swap
         )
         check_eos(self.runtime.tokenizer, self.runtime.backend.eos_token_ids)
         if self.state.last_adapter:
             self.runtime.backend.load_adapter(self.state.last_adapter)
+        names = report_to_names(self.configs.mstep.report_to) if self.world.is_main else []  # main process only
+        run_name = self.configs.mstep.run_name or self.output_dir.resolve().name
+        self.tracker = RunTracker(self.output_dir, names, run_name=run_name, config=record.get("config", {}))
+        self.tracker.start(self.state.config_hash)
+        self.tracker.catch_up(read_jsonl(self.output_dir / "metrics.jsonl"))
 
     # -- run ---------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        self.setup()
-        assert self.state is not None
-        ev = self.configs.eval
-        if ev.eval_before_training and not self.state.baseline_done:
-            metrics = self.evaluate(self.output_dir / "baseline")
-            self._append_metrics({"round": -1, **metrics})
-            self.state.baseline_done = True
+        try:
+            self.setup()
+            assert self.state is not None
+            if self.configs.eval.eval_before_training and not self.state.baseline_done:
+                metrics = self.evaluate(self.output_dir / "baseline")
+                self._append_metrics({"round": -1, **metrics})
+                self.state.baseline_done = True
+                self.save_state()
+            for k in range(self.configs.em.rounds):
+                if self.state.done(k, "eval"):
+                    continue
+                self.run_round(k)
+            self.state.finished = True
             self.save_state()
-        for k in range(self.configs.em.rounds):
-            if self.state.done(k, "eval"):
-                continue
-            self.run_round(k)
-        self.state.finished = True
-        self.save_state()
-        self.write_report()
+            self.write_report()
+        finally:
+            if self.tracker is not None:
+                self.tracker.finish()
         return self.state.__dict__
 
     def write_report(self) -> None:
@@ -152,13 +167,27 @@ class EMRunner:
     def estep(self, k: int, rdir: Path) -> dict[str, Any]:
         assert self.runtime is not None
         proposal = self.runtime.proposal()
+        drawer = self.runtime.drawer(proposal, sample_answers=True)
+        task, estep = self.runtime.task, self.configs.estep
+
+        def targets(draws: list[list[Sample]], seed: int) -> None:
+            apply_confidence_targets(
+                draws,
+                drawer,
+                target=estep.confidence_target,
+                samples=estep.confidence_samples,
+                prior=estep.confidence_prior,
+                options=task.options,
+                seed=seed,
+            )
+
         start = time.perf_counter()
         bar = tqdm(total=len(self.train_examples), desc=f"E-step round {k}", disable=not self.world.is_main)
         metrics = run_estep(
             round_index=k,
             examples=self.train_examples,
             scheme=build_scheme(self.configs.estep),
-            drawer=self.runtime.drawer(proposal, sample_answers=True),
+            drawer=drawer,
             proposal_name=proposal.name,
             round_dir=rdir,
             chunk_size=self.configs.proposal.generation_batch_size,
@@ -166,6 +195,8 @@ class EMRunner:
             world=self.world,
             save_rejected=self.configs.estep.save_rejected,
             progress_bar=bar,
+            targets=targets if task.confidence_cue else None,
+            balance_seed=derive_seed(self.seed, "balance", k) if estep.estep_balance else None,
         )
         bar.close()
         metrics["estep/wall_s"] = time.perf_counter() - start
@@ -202,6 +233,8 @@ class EMRunner:
             init_adapter=init,
             weighted=self.configs.estep.reward_weighting,
             seed=derive_seed(self.seed, "mstep", k) % (2**31),
+            callbacks=[self.tracker.mstep_callback(k)] if self.tracker is not None else [],
+            report_to=trainer_report_to(self.configs.mstep.report_to),
         )
         self.world.barrier()
         self.runtime.backend.load_adapter(str(rdir / "adapter"))
@@ -247,10 +280,13 @@ class EMRunner:
             atomic_write_json(rdir / "metrics.json", metrics)
 
     def _append_metrics(self, metrics: dict[str, Any]) -> None:
-        """One line per round in ``metrics.jsonl`` (a resumed round replaces its earlier line)."""
+        """One line per round in ``metrics.jsonl`` (a resumed round replaces its earlier line), then the same line
+        to the trackers (each round once: the tracker's ledger skips a round it already sent)."""
         if not self.world.is_main:
             return
         path = self.output_dir / "metrics.jsonl"
         lines = [m for m in read_jsonl(path, repair=True) if m.get("round") != metrics.get("round")]
-        lines.append({k: v for k, v in metrics.items() if k != "mstep/loss_curve"})
-        write_jsonl(path, sorted(lines, key=lambda m: m["round"]))
+        line = {k: v for k, v in metrics.items() if k != "mstep/loss_curve"}
+        write_jsonl(path, sorted([*lines, line], key=lambda m: m["round"]))
+        if self.tracker is not None:
+            self.tracker.log_round(line)

@@ -1,7 +1,8 @@
 """Validate before compute: every check a command can make without loading a model, in one place.
 
-``preflight`` resolves the model source and checks the backend, task and proposal names, the task's field mapping,
-the data of the splits the command reads, and on request the adapter to evaluate and the output dir to train in.
+``preflight`` resolves the model source and checks the backend, task, proposal and tracker names, the task's field
+mapping, the data of the splits the command reads, and on request the adapter to evaluate and the output dir to train
+in.
 A recipe error names the recipe file (a data error its data file). Each command prints its plan from the
 ``Preflight`` it gets back (``--dry_run`` stops there).
 """
@@ -10,17 +11,19 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fem.errors import ConfigError
+from fem.eval.scaling import check_disjoint
 from fem.generation import check_backend_name
 from fem.models import resolve_model_source
 from fem.proposals import check_proposal_name
 from fem.run_configs import Configs
 from fem.state import check_output_dir, run_config
 from fem.tasks import build_task, check_task_name, validate_task_data
+from fem.tracking import report_to_names
 from fem.utils.io import read_json
 
 
@@ -33,6 +36,7 @@ class Preflight:
     data: dict[str, int]
     adapter: str | None = None
     output_status: str = "not checked"
+    data_formats: dict[str, str] = field(default_factory=dict)  # split -> how its user file is read
 
 
 def preflight(
@@ -52,7 +56,11 @@ def preflight(
         for label in proposals:
             check_proposal_name(configs.eval_variant(label, "proposals").proposal)
         check_task_fields(configs)
+        report_to_names(configs.mstep.report_to)
+        check_pairwise_options(configs)
         data = validate_task_data(configs.task, tuple(splits))
+        if configs.eval.temperature_scaling and "train" in splits:
+            check_calibration_split(configs)
         found = resolve_adapter(configs.eval.adapter) if adapter else None
         status = "not checked"
         if output_dir:
@@ -62,7 +70,28 @@ def preflight(
             )
     except ConfigError as e:
         raise (e.in_file(configs.recipe) if configs.recipe else e) from None
-    return Preflight(model_source=source, data=data, adapter=found, output_status=status)
+    return Preflight(
+        model_source=source, data=dict(data), adapter=found, output_status=status, data_formats=data.formats
+    )
+
+
+def check_calibration_split(configs: Configs) -> None:
+    """Temperature scaling fits on the train split's first ``calibration_limit`` examples: none may be an eval item."""
+    task = build_task(configs.task)
+    limit = configs.eval.calibration_limit
+    calibration = task.load("train")[:limit] if limit else task.load("train")
+    check_disjoint(calibration, task.load("eval"))
+
+
+def check_pairwise_options(configs: Configs) -> None:
+    """Position swap and verdict balancing in the E-step need a pairwise task (a verdict between A and B)."""
+    options = [name for name in ("estep_position_swap", "estep_balance") if getattr(configs.estep, name)]
+    if options and not build_task(configs.task).pairwise:
+        raise ConfigError(
+            f"task '{configs.task.task}' is not pairwise (no A/B verdict to swap or balance)",
+            field=options[0],
+            fix=f"remove {options[0]}, or use a pairwise task (judge*, summarize)",
+        )
 
 
 def check_task_fields(configs: Configs) -> None:

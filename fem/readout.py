@@ -4,7 +4,9 @@ For closed answers the backend's next-token log-probabilities over the options' 
 renormalized over the options: the verdict is their argmax (or, with an ``rng``, a draw from them) and the
 confidence its probability. For open answers the cue is followed by greedy decoding up to the task's stop string,
 and the result is parsed. The task only declares its cue, options, option text and stop (``fem.tasks.base.Task``);
-this module asks the backend. ``score_completions`` scores in either answer mode.
+this module asks the backend. ``score_completions`` scores in either answer mode. Tasks that state a confidence
+can also have it written by the model after the forced verdict (``confidence="stated"``), and
+``option_probabilities`` reads the options right after a prompt (the plain read-out of ``confidence_target``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from fem.generation.base import GenerationBackend, SamplingParams
 from fem.tasks.answering import cut_rationale, join_rationale, score_written
 from fem.tasks.base import Example, Prediction, Task
 from fem.tasks.prompting import plain_text
+
+STATED_MAX_NEW_TOKENS = 6  # " 85%" is 2-4 tokens for common tokenizers
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -44,6 +48,7 @@ def score_completions(
     sample_indices: Sequence[int] | None = None,
     batch_size: int = 16,
     rng: random.Random | None = None,
+    confidence: str = "readout",
 ) -> list[Prediction]:
     """One ``Prediction`` per (example, completion) pair (the two lists are aligned).
 
@@ -51,6 +56,9 @@ def score_completions(
     plain prompt text is encoded with ``backend.encode``). ``backend`` is unused in generate mode.
     With ``rng`` (the E-step), forced mode *samples* the verdict from the option probabilities instead of taking
     the argmax: the E-step draws the answer from the model, as it draws the rationale.
+    ``confidence="stated"`` (forced mode, tasks with a ``confidence_cue``): after the verdict the model writes its
+    confidence line (greedy, up to ``STATED_MAX_NEW_TOKENS``); the prediction's confidence is what it states (None
+    when it states none), the read-out stays in ``info["readout"]``.
     """
     if len(examples) != len(completions):
         raise ValueError(f"{len(examples)} examples but {len(completions)} completions")
@@ -64,7 +72,8 @@ def score_completions(
     out: list[Prediction | None] = [None] * len(examples)
     closed = [i for i, ex in enumerate(examples) if task.options(ex)]
     opened = [i for i, ex in enumerate(examples) if not task.options(ex)]
-    for kind, read in ((closed, functools.partial(_forced_closed, rng=rng)), (opened, _forced_open)):
+    stated = confidence == "stated" and bool(task.confidence_cue)
+    for kind, read in ((closed, functools.partial(_forced_closed, rng=rng, stated=stated)), (opened, _forced_open)):
         for start in range(0, len(kind), batch_size):
             rows = kind[start : start + batch_size]
             picked = [[seq[i] for i in rows] for seq in (examples, completions, prompt_ids, indices)]
@@ -73,8 +82,44 @@ def score_completions(
     return [p for p in out if p is not None]
 
 
+def option_probabilities(
+    task: Task, backend: GenerationBackend, examples: Sequence[Example], prompt_ids: Sequence[Sequence[int]]
+) -> list[dict[str, float]]:
+    """The read-out right after each prompt (no rationale): the option probabilities, renormalized over the options."""
+    preds = score_completions(task, backend, examples, [""] * len(examples), "forced", prompt_ids=prompt_ids)
+    return [dict(p.info["option_probs"]) for p in preds]
+
+
+def stated_confidences(
+    task: Task, backend: GenerationBackend, prefixes: Sequence[Sequence[int]]
+) -> list[tuple[float | None, str]]:
+    """What the model states after each prefix (which ends with the task's ``confidence_cue``): greedy decoding up
+    to ``%`` or a line break, parsed with ``extract_confidence``; ``(confidence or None, the text written)``."""
+
+    def stop_callback(row: int, cont) -> bool:
+        text = backend.decode(cont.token_ids)
+        return "%" in text or "\n" in text.lstrip("\n")
+
+    params = SamplingParams(temperature=0.0)
+    conts, _ = backend.generate(
+        [list(p) for p in prefixes], params, STATED_MAX_NEW_TOKENS, stop_callback=stop_callback
+    )
+    out = []
+    for cont in conts:
+        text = backend.decode([t for t in cont.token_ids if t not in backend.eos_token_ids])
+        out.append((task.extract_confidence(task.confidence_cue + text), text))
+    return out
+
+
 def _forced_closed(
-    task: Task, backend: GenerationBackend, examples, completions, prompts, indices, rng: random.Random | None = None
+    task: Task,
+    backend: GenerationBackend,
+    examples,
+    completions,
+    prompts,
+    indices,
+    rng: random.Random | None = None,
+    stated: bool = False,
 ) -> list[Prediction]:
     queries: dict[tuple[int, ...], int] = {}  # prefix -> row in the logprob batch (shared prefixes asked once)
     plans = []
@@ -90,10 +135,10 @@ def _forced_closed(
         k = min(k, min(len(f) for f in fulls) - 1)
         row = queries.setdefault(tuple(list(prompt) + fulls[0][:k]), len(queries))
         per_option = [(o, row, f[k]) for o, f in zip(options, fulls)]
-        plans.append((ex, completion, rationale, per_option))
+        plans.append((ex, completion, rationale, per_option, prompt, context))
     logprobs = backend.next_token_logprobs([list(p) for p in queries]) if queries else None
     preds = []
-    for (ex, completion, rationale, per_option), index in zip(plans, indices):
+    for (ex, completion, rationale, per_option, _, _), index in zip(plans, indices):
         scores = [float(logprobs[row, token]) for _, row, token in per_option]
         top = max(scores)
         weights = [math.exp(s - top) if math.isfinite(s) else 0.0 for s in scores]
@@ -112,6 +157,14 @@ def _forced_closed(
             "option_mass": mass,
         }
         preds.append(Prediction(ex.id, completion, verdict, float(task.reward(verdict, ex)), index, probs[best], info))
+    if stated:
+        prefixes = [
+            list(prompt) + list(backend.encode(context + task.option_text(p.extracted) + task.confidence_cue))
+            for p, (_, _, _, _, prompt, context) in zip(preds, plans)
+        ]
+        for p, (value, text) in zip(preds, stated_confidences(task, backend, prefixes)):
+            p.info.update(readout=p.confidence, stated=text)
+            p.confidence = value
     return preds
 
 

@@ -15,7 +15,7 @@ from fem.generation.base import GenerationBackend, SupportsPromptReuse
 from fem.models import load_model_and_tokenizer
 from fem.proposals import build_proposal
 from fem.proposals.base import Proposal
-from fem.readout import score_completions
+from fem.readout import option_probabilities, score_completions
 from fem.run_configs import Configs
 from fem.tasks import build_task
 from fem.tasks.answering import training_completion
@@ -54,10 +54,13 @@ class Runtime:
     def drawer(self, proposal: Proposal, *, sample_answers: bool = False) -> ProposalDrawer:
         """Draw and score with ``proposal``. ``sample_answers`` (the E-step): in forced answer mode the verdict is
         sampled from the model's option probabilities; otherwise (evaluation) it is their argmax, in the
-        evaluation's answer mode (``eval_answer_mode``, default ``answer_mode``)."""
+        evaluation's answer mode (``eval_answer_mode``, default ``answer_mode``) with its confidence
+        (``eval_confidence``: the read-out, or the confidence line the model writes after the verdict)."""
         mode = self.configs.task.answer_mode
+        confidence = "readout"
         if not sample_answers:
             mode = self.configs.eval.eval_answer_mode or mode
+            confidence = self.configs.eval.eval_confidence
 
         def render(example: Example, origin: str) -> list[int]:
             return render_prompt(self.tokenizer, self.messages(example, origin))
@@ -66,7 +69,19 @@ class Runtime:
             examples: Sequence[Example], prompts: Sequence[list[int]], completions: Sequence[str], seed: int
         ) -> list[Prediction]:
             rng = random.Random(seed) if sample_answers else None
-            return score_completions(self.task, self.backend, examples, completions, mode, prompt_ids=prompts, rng=rng)
+            return score_completions(
+                self.task,
+                self.backend,
+                examples,
+                completions,
+                mode,
+                prompt_ids=prompts,
+                rng=rng,
+                confidence=confidence,
+            )
+
+        def read_options(examples: Sequence[Example], prompts: Sequence[list[int]]) -> list[dict[str, float]]:
+            return option_probabilities(self.task, self.backend, examples, prompts)
 
         # the forced read-out extends each prompt: keep the prompts' KV for it (no use, and no memory, otherwise)
         reuse = mode == "forced" and isinstance(self.backend, SupportsPromptReuse)
@@ -79,6 +94,7 @@ class Runtime:
                 self.task, rationale, example, confidence
             ),
             session=self.backend.reuse_prompts if reuse else contextlib.nullcontext,
+            read_options=read_options,
         )
 
 

@@ -95,8 +95,17 @@ def test_bench_core_arguments_reach_the_script_and_its_record(tmp_path):
     from fem.commands.bench import CORE
 
     assert list(CORE) == [
-        "exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em", "power"
-    ]  # fmt: skip
+        "exactness",
+        "mixing",
+        "throughput",
+        "power_cost",
+        "quality",
+        "memory",
+        "mstep",
+        "em",
+        "calibration",
+        "power",
+    ]
     res = run_fem("bench", "throughput", "--quick", *CORE["throughput"], "--out", str(tmp_path), timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     record = json.loads((tmp_path / "throughput.json").read_text())
@@ -123,3 +132,27 @@ def test_bench_finds_the_scripts_from_the_checkout_root_without_an_editable_inst
     (tmp_path / "benchmarks").mkdir()
     (tmp_path / "benchmarks" / "_common.py").write_text("")
     assert bench.benchmarks_dir() == (tmp_path / "benchmarks").resolve()
+
+
+def test_bench_calibration_quick(tmp_path):
+    """The calibration study end to end on the tiny model: every judge row, intervals, the full-size estimate."""
+    res = run_fem("bench", "calibration", "--quick", "--out", str(tmp_path), timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    record = json.loads((tmp_path / "calibration.json").read_text())
+    _check_record(record, "calibration")
+    rows = record["results"]
+    judges = {r["judge"] for r in rows}
+    targets, variants = ("readout", "plain_readout", "empirical"), ("plain", "balanced")
+    assert judges == {"base", "base + temperature scaling"} | {f"pps {t} / {v}" for t in targets for v in variants}
+    scaled = next(r for r in rows if r["judge"] == "base + temperature scaling")
+    assert scaled["temperature"] > 0 and scaled["calibration_prompts"] == 6  # 3 training pairs, both ways
+    for r in rows:
+        assert r["prompts"] == 4  # 2 eval pairs, both ways
+        lo, hi = r["accuracy"]["interval"]
+        assert lo <= r["accuracy"]["value"] <= hi
+    base = next(r for r in rows if r["judge"] == "base" and r["confidence"] == "readout")
+    # the tiny model reads out ~0.9 at chance accuracy: the temperature fitted on the training pairs tempers it
+    assert scaled["temperature"] > 1 and base["nll"]["value"] > scaled["nll"]["value"]
+    estimate = record["estimate"]
+    assert set(estimate["cpu_s_per_dataset"]) == {"judge_llmbar_natural"} and estimate["cpu_min_total"] > 0
+    assert "full_size_time" in record["goals"]

@@ -18,13 +18,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("fem", "fem.errors", "fem.utils"),
     ("fem.validation", "fem.registry"),
     ("fem.configs", "fem.trl_configs"),
-    ("fem.run_configs", "fem.metrics", "fem.sandbox"),
+    ("fem.run_configs", "fem.metrics", "fem.calibration", "fem.sandbox"),
     ("fem.recipe", "fem.state"),
     ("fem.generation", "fem.tasks"),
     ("fem.proposals",),
     ("fem.drawing", "fem.readout", "fem.testing"),
-    ("fem.models", "fem.estep", "fem.eval", "fem.mstep", "fem.report"),
-    ("fem.runtime", "fem.preflight"),
+    ("fem.models", "fem.estep", "fem.eval", "fem.mstep", "fem.report", "fem.tracking"),
+    ("fem.runtime", "fem.preflight", "fem.export"),
     ("fem.loop",),
     ("fem.commands",),
     ("fem.cli",),
@@ -152,13 +152,21 @@ def deferred_imports(source: str) -> list[int]:
     return sorted(set(lines))
 
 
+# modules allowed to defer an import, each with its reason
+DEFERRED_OK = {
+    "fem.cli": "dispatch only: `fem --help` loads no torch",
+    "fem.sandbox.bootstrap": "a script run by the jailed interpreter: ctypes is loaded for prctl, then unloaded",
+}
+
+
 def test_only_the_cli_imports_lazily():
-    """Library modules import at the top; ``fem.cli`` alone defers (so ``fem --help`` loads no torch)."""
+    """Library modules import at the top; ``fem.cli`` alone defers (so ``fem --help`` loads no torch), plus the
+    justified exceptions of ``DEFERRED_OK``."""
     assert deferred_imports("def f():\n    import os\n") == [2]
     wrong = {
         name: lines
         for name, path in modules().items()
-        if name != "fem.cli" and (lines := deferred_imports(path.read_text(encoding="utf-8")))
+        if name not in DEFERRED_OK and (lines := deferred_imports(path.read_text(encoding="utf-8")))
     }
     assert not wrong, wrong
     assert deferred_imports((PACKAGE / "cli.py").read_text(encoding="utf-8"))  # the CLI does defer

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from fem.errors import ConfigError
-from fem.models import SMOLLM2_ALIAS, load_model_and_tokenizer, resolve_model_source, smollm2_gguf_path
+from fem.models import (
+    SMOLLM2_ALIAS,
+    SMOLLM2_HUB_ID,
+    hub_id_of,
+    load_model_and_tokenizer,
+    resolve_model_source,
+    smollm2_gguf_path,
+    tiny_model_path,
+)
 
 
 def test_local_folder_and_tiny_alias(tiny_model_dir):
@@ -13,6 +21,28 @@ def test_local_folder_and_tiny_alias(tiny_model_dir):
     model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir))
     assert tokenizer.padding_side == "left" and tokenizer.pad_token_id is not None
     assert not model.training
+
+
+def test_tiny_model_is_built_by_the_main_process_and_awaited_by_the_others(tmp_path, monkeypatch):
+    """Under a multi-process launch transformers saves nothing on rank 1: it must wait for rank 0's build."""
+    monkeypatch.setenv("FEM_CACHE", str(tmp_path))
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(ConfigError, match="main process did not build"):
+        tiny_model_path(wait_s=0.3)
+    assert not list(tmp_path.iterdir()), "a non-main rank writes nothing"
+    monkeypatch.setenv("RANK", "0")
+    path = tiny_model_path()
+    assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [path.name], "no temp dir left behind"
+    monkeypatch.setenv("RANK", "1")
+    assert tiny_model_path(wait_s=0) == path
+
+
+def test_hub_ids_of_model_names(tmp_path):
+    assert hub_id_of(SMOLLM2_ALIAS) == SMOLLM2_HUB_ID
+    assert hub_id_of("Qwen/Qwen2.5-1.5B-Instruct") == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert hub_id_of("tiny-random-llama") is None and hub_id_of(str(tmp_path)) is None
+    assert hub_id_of("./models/x") is None
 
 
 def test_missing_path_and_folder_without_config_are_config_errors(tmp_path):

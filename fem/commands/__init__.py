@@ -10,6 +10,7 @@ SUMMARIES = {
     "tasks": "List the tasks and their data (`fem tasks list`), or self-test their verifiers (`fem tasks check NAME|--all`).",
     "bench": "Run the benchmark scripts (`fem bench list|all|core|NAME`); prints ratios and writes JSON.",
     "report": "(Re)build report.md and plots/ from the files a run left (`fem report OUTPUT_DIR`).",
+    "export": "Write a run's adapter (or, with --merge, the merged model) as a folder with a model card (`fem export RUN_DIR --out DIR`).",
 }
 # commands whose arguments are a recipe plus overrides (their --help lists the recipe keys)
 RECIPE_COMMANDS = ("train", "eval", "sample")

@@ -2,9 +2,11 @@
 
     fem bench list                       the benchmarks and what each measures
     fem bench NAME [--quick] [--out DIR] one benchmark (JSON into DIR, default benchmarks/results)
-    fem bench all [--quick] [--out DIR]  every benchmark, then BENCHMARKS.md (what `make bench` runs; ~50 min on 2 cores)
-    fem bench core [--out DIR]           every section at a reduced size (< 20 min on 2 cores, `make bench-core`):
-                                         throughput fp32 only, quality and em on the stylized task only
+    fem bench all [--quick] [--out DIR]  every benchmark, then BENCHMARKS.md (what `make bench` runs; ~50 min on 2 cores
+                                         plus ~1.5 h for the calibration study)
+    fem bench core [--out DIR]           every section at a reduced size (~20 min on 2 cores, `make bench-core`):
+                                         throughput fp32 only, quality and em on the stylized task only,
+                                         calibration on LLMBar only (10 training / 12 eval pairs, balanced)
     fem bench report [--out DIR]         rebuild BENCHMARKS.md from the JSON in DIR
 
 The scripts live in the source checkout, not in the wheel: ``fem bench`` runs the ``benchmarks/`` folder of the
@@ -40,6 +42,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "memory": ("bench_memory.py", "peak RSS of the E-step, power_mh (64 chains) and one M-step"),
     "mstep": ("bench_mstep.py", "fem M-step vs a plain TRL SFTTrainer + LoRA script, tokens/s"),
     "em": ("bench_em.py", "EM schemes (rejection, STaR, PPS): acceptance, kept samples, eval accuracy"),
+    "calibration": (
+        "bench_calibration.py",
+        "judge calibration: confidence targets, balance/swap, vs temperature scaling (SmolLM2, 3 datasets)",
+    ),
     "power": (
         "bench_power.py",
         "equal-token accuracy, log p^alpha, wall: ancestral, low-temp, best-of-n, power_mh, power_smc (stylized, SmolLM2)",
@@ -47,7 +53,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 }
 # group -> {benchmark: its extra arguments}; the order is the order of the run and of BENCHMARKS.md
 ALL: dict[str, list[str]] = {n: [] for n in BENCHMARKS}
-# every section at a size that fits < 20 min on a 2-core CPU (`make bench-core`): throughput in fp32 only (bf16 has
+ALL["calibration"] = ["--workers", "2"]  # its three datasets in two processes (about 1.5 h of the full run)
+# every section at a size that fits ~20 min on a 2-core CPU (`make bench-core`): throughput in fp32 only (bf16 has
 # no hardware support on such CPUs), quality on the stylized task only, EM schemes on the stylized task only, power
 # on the even stylized model at one budget and a 16-question SmolLM2 slice (T=16)
 CORE: dict[str, list[str]] = {
@@ -55,6 +62,17 @@ CORE: dict[str, list[str]] = {
     "throughput": ["--dtypes", "float32"],
     "quality": ["--gsm8k", "0"],
     "em": ["--no-smollm2"],
+    # LLMBar only, 10 training / 12 eval pairs (both ways), the balanced variant: ~10 min on 2 cores
+    "calibration": [
+        "--datasets",
+        "judge_llmbar",
+        "--train-pairs",
+        "10",
+        "--eval-pairs",
+        "12",
+        "--variants",
+        "balanced",
+    ],
     "power": "--models even --multiples 8 --samples 256 --slice-n 16 --slice-t 16 --latency-n 4".split(),
 }
 GROUPS = {"all": ALL, "core": CORE}

@@ -6,14 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fem.drawing import ProposalDrawer
 from fem.errors import ConfigError
-from fem.eval.evaluate import EvalProgress, eval_examples, evaluate
+from fem.eval.evaluate import EvalProgress, eval_examples, evaluate, to_prediction
+from fem.eval.scaling import temperature_scaling_metrics
 from fem.preflight import Preflight, preflight, print_plan
 from fem.proposals import build_proposal
 from fem.recipe import parse_configs
 from fem.report.render import comparison_table
 from fem.run_configs import Configs
 from fem.runtime import Runtime, build_runtime
+from fem.tasks.base import Example
 from fem.utils.distributed import current_world, is_main_process
 from fem.utils.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from fem.utils.seeding import seed_everything
@@ -30,7 +33,10 @@ def plan(configs: Configs, checked: Preflight) -> dict[str, Any]:
         "model": f"{configs.model.model_name_or_path} -> {source[0]}" + (f" [{source[1]}]" if source[1] else ""),
         "adapter": checked.adapter or "none",
         "task": f"{configs.task.task} (answer_mode={ev.eval_answer_mode or configs.task.answer_mode})",
-        "data": f"eval={checked.data['eval']}",
+        "data": ", ".join(f"{k}={v}" for k, v in checked.data.items())
+        + (" (train: the temperature-scaling calibration split)" if ev.temperature_scaling else ""),
+        **({"format": checked.data_formats} if checked.data_formats else {}),
+        **({"confidence": ev.eval_confidence} if ev.eval_confidence != "readout" else {}),
         "proposals": ", ".join(label for label, _ in configs.eval_variants()),
         "settings": f"temperature={ev.eval_temperature}, T={ev.eval_max_new_tokens or p.max_new_tokens}, alpha={p.power_alpha}, "
         f"B={p.block_size}, N={p.power_mh_steps}, beta={p.power_beta}, samples/prompt={ev.num_samples}"
@@ -56,9 +62,50 @@ def load_adapter(runtime: Runtime, adapter: str) -> None:
         ) from None
 
 
+def calibrate(
+    runtime: Runtime,
+    label: str,
+    drawer: ProposalDrawer,
+    eval_records: list[dict[str, Any]],
+    examples: list[Example],
+    out_dir: Path,
+    chunk_size: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Temperature scaling of one proposal's predictions: evaluate the calibration split (the train split's first
+    ``calibration_limit`` examples, asked as eval asks them), fit one temperature there, score the eval split
+    (``eval/ts_*``). Its predictions go to ``out_dir/calibration``."""
+    ev = runtime.configs.eval
+    task = runtime.task
+    pairs = task.load("train")[: ev.calibration_limit] if ev.calibration_limit else task.load("train")
+    calibration = eval_examples(task, pairs, ev.eval_position_swap)  # disjoint from eval: checked by the preflight
+    fitted = evaluate(
+        task=task,
+        examples=calibration,
+        drawer=drawer,
+        proposal_name=label,
+        num_samples=ev.num_samples,
+        seed=seed,
+        chunk_size=chunk_size,
+        world=runtime.world,
+        out_dir=out_dir / "calibration",
+    )
+    if not runtime.world.is_main:
+        return {}
+    cal_records = read_jsonl(out_dir / "calibration" / "predictions.jsonl")
+    metrics = temperature_scaling_metrics(
+        task,
+        ([to_prediction(r) for r in cal_records], calibration),
+        ([to_prediction(r) for r in eval_records], examples),
+    )
+    metrics["ts_calibration_examples"] = fitted.get("eval/examples")
+    return {f"eval/{k}": v for k, v in metrics.items()}
+
+
 def evaluate_command(configs: Configs) -> int:
     labels = configs.eval.proposal_list or [configs.eval.eval_proposal or "ancestral"]
-    checked = preflight(configs, splits=("eval",), proposals=labels, adapter=True)
+    splits = ("eval", "train") if configs.eval.temperature_scaling else ("eval",)
+    checked = preflight(configs, splits=splits, proposals=labels, adapter=True)
     if configs.em.dry_run:
         if is_main_process():
             print_plan("fem eval plan (dry run: no model loaded)", plan(configs, checked), width=11)
@@ -78,12 +125,13 @@ def evaluate_command(configs: Configs) -> int:
     all_records: list[dict[str, Any]] = []
     for label, config in configs.eval_variants():
         proposal = build_proposal(config, runtime.backend)
+        drawer = runtime.drawer(proposal)
         sub = out_dir / label.replace(":", "_")
         with EvalProgress(len(examples), f"eval {label}", world.is_main) as progress:
             results[label] = evaluate(
                 task=runtime.task,
                 examples=examples,
-                drawer=runtime.drawer(proposal),
+                drawer=drawer,
                 proposal_name=label,
                 num_samples=configs.eval.num_samples,
                 seed=seed,
@@ -92,8 +140,13 @@ def evaluate_command(configs: Configs) -> int:
                 out_dir=sub,
                 progress=progress,
             )
-        if world.is_main:
-            all_records += [{**r, "proposal": label} for r in read_jsonl(sub / "predictions.jsonl")]
+        records = read_jsonl(sub / "predictions.jsonl") if world.is_main else []
+        if configs.eval.temperature_scaling:
+            scaled = calibrate(runtime, label, drawer, records, examples, sub, config.generation_batch_size, seed)
+            results[label].update(scaled)
+            if world.is_main:
+                atomic_write_json(sub / "metrics.json", results[label])
+        all_records += [{**r, "proposal": label} for r in records]
     if world.is_main:
         atomic_write_json(out_dir / "metrics.json", results)
         write_jsonl(out_dir / "predictions.jsonl", all_records)

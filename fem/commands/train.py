@@ -9,6 +9,8 @@ from fem.loop import EMRunner
 from fem.preflight import Preflight, preflight, print_plan
 from fem.recipe import parse_configs
 from fem.run_configs import Configs
+from fem.tasks import build_task
+from fem.tracking import FEM_TRACKERS, report_to_names, trainer_report_to
 from fem.utils.distributed import is_main_process
 from fem.utils.io import read_jsonl
 
@@ -39,15 +41,40 @@ def plan(configs: Configs, checked: Preflight) -> dict[str, Any]:
         + (f", eval {configs.eval.eval_answer_mode}" if configs.eval.eval_answer_mode else "")
         + ")",
         "data": checked.data,
+        **({"data format": checked.data_formats} if checked.data_formats else {}),
         "scheme": f"{configs.estep.scheme} (M={configs.estep.estep_samples}, keep<={configs.estep.estep_max_keep}"
         + ("" if configs.estep.reward_filter else ", unfiltered: every draw kept whatever its reward")
         + ")",
+        **pairwise_plan(configs),
         "proposal": proposal,
         "eval_proposal": configs.eval.eval_proposal or f"ancestral (temperature {configs.eval.eval_temperature})",
         "rounds": configs.em.rounds,
         "lora": f"r={configs.model.lora_r}, alpha={configs.model.lora_alpha}, targets={configs.model.lora_target_modules}",
         "output_dir": f"{Path(configs.mstep.output_dir)} ({checked.output_status})",
+        "report_to": trackers_plan(configs.mstep.report_to),
     }
+
+
+def trackers_plan(report_to) -> str:
+    """Who reports where: fem's own trackers get the whole run, the others each round's trainer."""
+    ours = [n for n in report_to_names(report_to) if n in FEM_TRACKERS]
+    theirs = trainer_report_to(report_to)
+    parts = ([f"{', '.join(ours)} (rounds + M-step, one run)"] if ours else []) + (
+        [f"{', '.join(theirs)} (each round's trainer only)"] if theirs else []
+    )
+    return "; ".join(parts) or "none"
+
+
+def pairwise_plan(configs: Configs) -> dict[str, str]:
+    """The confidence target and the pairwise E-step options, for tasks that state a confidence."""
+    e = configs.estep
+    if not build_task(configs.task).confidence_cue:
+        return {}
+    target = e.confidence_target
+    if target == "empirical":
+        target += f" (m={e.confidence_samples} plain draws, prior a={e.confidence_prior})"
+    swaps = "both orders" if e.estep_position_swap else "as given"
+    return {"confidence": f"trained 'Confidence: N%' = {target}; pairs {swaps}, balance {e.estep_balance}"}
 
 
 def train(configs: Configs) -> int:
@@ -70,6 +97,8 @@ SUMMARY_COLUMNS = (
     ("eval/accuracy", "accuracy"),
     ("eval/ece", "ECE"),
     ("eval/brier", "Brier"),
+    ("eval/nll", "NLL"),
+    ("eval/mean_confidence", "mean conf"),
     ("eval/parsed_fraction", "parsed"),
     ("estep/acceptance_rate", "accept"),
     ("estep/kept_samples", "kept"),

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from fem.configs.choices import (
     ANSWER_MODES,
+    CONFIDENCE_TARGETS,
     CUTS,
+    DATA_FORMATS,
+    EVAL_CONFIDENCES,
     SCHEMES,
     SMC_RESAMPLE_EVERY,
     SMC_RESAMPLINGS,
@@ -30,7 +33,10 @@ FEM_DATACLASSES = (TaskConfig, ProposalConfig, EStepConfig, EvalConfig, EMConfig
 
 __all__ = [
     "ANSWER_MODES",
+    "CONFIDENCE_TARGETS",
     "CUTS",
+    "DATA_FORMATS",
+    "EVAL_CONFIDENCES",
     "FEM_DATACLASSES",
     "SCHEMES",
     "SMC_RESAMPLE_EVERY",

@@ -10,6 +10,9 @@ SMC_RESAMPLINGS = ("systematic", "multinomial")
 SMC_RESAMPLE_EVERY = ("block", "token")
 ANSWER_MODES = ("generate", "forced")
 TIE_POLICIES = ("drop", "third")
+DATA_FORMATS = ("auto", "fields", "preference")
+CONFIDENCE_TARGETS = ("readout", "plain_readout", "empirical")
+EVAL_CONFIDENCES = ("readout", "stated")
 
 
 def positive_count(name: str) -> dict[str, Any]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fem.configs.choices import SCHEMES
+from fem.configs.choices import CONFIDENCE_TARGETS, SCHEMES
 from fem.validation import check, validate_fields
 
 
 @dataclass
 class EStepConfig:
-    """> Parameters of the E-step: which scheme draws rationales and what is kept."""
+    """> Parameters of the E-step: which scheme draws rationales and what is kept (and, for pairwise judges, the
+    trained confidence and the balanced, position-swapped draws)."""
 
     scheme: str = field(
         default="pps",
@@ -63,6 +64,48 @@ class EStepConfig:
     )
     save_rejected: bool = field(
         default=False, metadata={"help": "Also write rejected samples to samples.jsonl (kept: false)."}
+    )
+    confidence_target: str = field(
+        default="plain_readout",
+        metadata={
+            "help": "Tasks that state a confidence (judge, summarize): the N of the trained 'Confidence: N%'. readout: "
+            "the kept draw's own read-out (after a hinted rationale under PPS: near 100%); plain_readout: P(gold "
+            "verdict) read from the plain prompt, no rationale; empirical: (k + 2a/K) / (m + 2a) over "
+            "confidence_samples plain draws, k their summed P(correct), a = confidence_prior, K options.",
+            "choices": CONFIDENCE_TARGETS,
+        },
+    )
+    confidence_samples: int = field(
+        default=4,
+        metadata={
+            "help": "confidence_target empirical: plain draws per example behind the estimate (the scheme's own plain "
+            "draws are reused; missing ones are drawn and recorded with reason 'confidence').",
+            "min": 1,
+            "fix": "use at least one plain draw (4 or more for a usable estimate)",
+        },
+    )
+    confidence_prior: float = field(
+        default=1.0,
+        metadata={
+            "help": "confidence_target empirical: the Beta prior centred on chance 1/K weighs as 2a draws (a = 1: "
+            "Laplace's rule of succession; 0: the raw fraction).",
+            "min": 0,
+            "fix": "use a >= 0 (1 is Laplace's rule)",
+        },
+    )
+    estep_position_swap: bool = field(
+        default=False,
+        metadata={
+            "help": "Pairwise tasks: draw each training pair in both orders (the swapped copy's gold verdict "
+            "swapped), so the M-step sees each position as often."
+        },
+    )
+    estep_balance: bool = field(
+        default=False,
+        metadata={
+            "help": "Pairwise tasks: keep the same number of kept samples per gold verdict in a round (the excess of "
+            "the majority verdict, chosen by a seeded shuffle, is marked reason 'balance')."
+        },
     )
 
     def __post_init__(self) -> None:

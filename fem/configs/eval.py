@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fem.configs.choices import ANSWER_MODES
+from fem.configs.choices import ANSWER_MODES, EVAL_CONFIDENCES
 from fem.validation import check, validate_fields
 
 
@@ -58,6 +58,30 @@ class EvalConfig:
     adapter: str | None = field(
         default=None,
         metadata={"help": "fem eval: a LoRA adapter dir, or a finished training dir (its last round is used)."},
+    )
+    eval_confidence: str = field(
+        default="readout",
+        metadata={
+            "help": "Forced answer mode, tasks that state a confidence: readout (the confidence is the read-out "
+            "probability of the verdict) or stated (after the forced verdict the model writes its 'Confidence:' line, "
+            "greedy: what a trained judge states; the read-out stays in the prediction's info).",
+            "choices": EVAL_CONFIDENCES,
+        },
+    )
+    temperature_scaling: bool = field(
+        default=False,
+        metadata={
+            "help": "fem eval: fit one temperature on the predictions of calibration pairs (the train split, disjoint "
+            "from eval; asked both ways like eval) and report the scaled ECE/Brier/NLL (ts_*) on the eval split."
+        },
+    )
+    calibration_limit: int | None = field(
+        default=None,
+        metadata={
+            "help": "temperature_scaling: use the first N examples of the train split (default: all).",
+            "min": 1,
+            "fix": "remove calibration_limit or set it to a positive count",
+        },
     )
 
     def __post_init__(self) -> None:

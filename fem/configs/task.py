@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fem.configs.choices import ANSWER_MODES, TIE_POLICIES, positive_count
+from fem.configs.choices import ANSWER_MODES, DATA_FORMATS, TIE_POLICIES, positive_count
 from fem.validation import check, validate_fields
 
 
@@ -65,6 +65,19 @@ class TaskConfig:
             "help": "Pairwise data with ties: drop them, or keep them as a third verdict.",
             "choices": TIE_POLICIES,
         },
+    )
+    data_format: str = field(
+        default="auto",
+        metadata={
+            "help": "Layout of train_file / eval_file: preference (TRL's prompt/chosen/rejected or implicit-prompt "
+            "chosen/rejected, strings or message lists; pairwise tasks), fields (columns mapped by task_fields), or "
+            "auto (preference when the rows have chosen and rejected and no task_fields are given).",
+            "choices": DATA_FORMATS,
+        },
+    )
+    preference_seed: int = field(
+        default=0,
+        metadata={"help": "Seed of the per-example coin that puts the chosen response in position A or B."},
     )
 
     def __post_init__(self) -> None:

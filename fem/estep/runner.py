@@ -4,22 +4,27 @@ Examples are cut into fixed chunks; chunk ``c`` is drawn with a seed derived fro
 ``c % world_size``. Each finished chunk appends its samples and then one progress line; on resume, chunks
 without a progress line are redone from scratch (their partial samples are dropped), so a resumed E-step writes
 exactly what an uninterrupted one would, with no sample lost or duplicated.
+
+Pairwise tasks: ``targets`` sets the confidence each kept sample is trained to state (``fem.estep.confidence``),
+chunk by chunk; ``balance_seed`` balances the kept samples across gold verdicts once every chunk is in (the main
+process rewrites ``samples.jsonl`` and records what it dropped in ``estep_balance.json``; idempotent on resume).
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fem.drawing import HINTED, PLAIN, Drawer
+from fem.drawing import HINTED, PLAIN, Drawer, Sample
+from fem.estep.confidence import balance_records
 from fem.estep.schemes import Scheme
 from fem.tasks.base import Example
 from fem.utils.distributed import World
 from fem.utils.faults import crash_point
-from fem.utils.io import JsonlWriter, read_jsonl, write_jsonl
+from fem.utils.io import JsonlWriter, atomic_write_json, read_json, read_jsonl, write_jsonl
 from fem.utils.logging import get_logger
 from fem.utils.seeding import derive_seed
 
@@ -27,6 +32,8 @@ logger = get_logger(__name__)
 
 SAMPLES = "samples.jsonl"
 PROGRESS = "estep_progress.jsonl"
+BALANCE = "estep_balance.json"
+Targets = Callable[[list[list[Sample]], int], None]  # (draws of a chunk, seed): set kept samples' confidence
 
 
 def _restore(samples_path: Path, progress_path: Path) -> set[int]:
@@ -54,6 +61,8 @@ def run_estep(
     world: World,
     save_rejected: bool,
     progress_bar: Any = None,
+    targets: Targets | None = None,
+    balance_seed: int | None = None,
 ) -> dict[str, float]:
     """Draw, score and filter samples for ``examples``; returns the round's E-step metrics (on every rank)."""
     round_dir.mkdir(parents=True, exist_ok=True)
@@ -65,6 +74,8 @@ def run_estep(
         for c, chunk in mine:
             start = time.perf_counter()
             draws = scheme.run(chunk, drawer, seed=derive_seed(seed, "estep", round_index, c))
+            if targets is not None:
+                targets(draws, derive_seed(seed, "confidence", round_index, c))
             records, stats = [], _chunk_stats(draws)
             for samples in draws:
                 for s in samples:
@@ -80,6 +91,13 @@ def run_estep(
     # every rank's samples in chunk order (deterministic whatever the world size); rank files stay for resuming
     world.merge_rank_files(round_dir / SAMPLES, key=lambda s: (s["chunk"], s["example_id"], s["attempt"]))
     world.merge_rank_files(round_dir / PROGRESS, key=lambda p: p["chunk"])
+    if balance_seed is not None and world.is_main:
+        records, info = balance_records(read_jsonl(round_dir / SAMPLES), balance_seed)
+        targets_kept = [r["target_confidence"] for r in records if r["kept"] and r["target_confidence"] is not None]
+        if targets_kept:
+            info["mean_target_confidence"] = sum(targets_kept) / len(targets_kept)
+        write_jsonl(round_dir / SAMPLES, records)
+        atomic_write_json(round_dir / BALANCE, info)
     world.barrier()
     return estep_metrics(round_dir, world.size, num_examples=len(examples))
 
@@ -98,6 +116,9 @@ def _chunk_stats(draws: list[list]) -> dict[str, Any]:
             stats["tokens_decoded"] += s.trace.cost.tokens_decoded
             stats["tokens_reencoded"] += s.trace.cost.tokens_reencoded
             stats["unparsed"] += not s.prediction.parsed
+            if s.kept and s.target_confidence is not None:
+                stats["target_confidence_sum"] += s.target_confidence
+                stats[f"kept_gold_{s.example.answer}"] += 1
             if s.reason:
                 stats[f"rejected_{s.reason}"] += 1
     return dict(stats)
@@ -129,8 +150,17 @@ def estep_metrics(round_dir: Path, world_size: int, *, num_examples: int) -> dic
             out[f"estep/reward_{origin}"] = total[f"reward_sum_{origin}"] / total[f"draws_{origin}"]
             out[f"estep/kept_{origin}"] = total[f"kept_{origin}"]
     for k, v in total.items():
-        if k.startswith("rejected_"):
+        if k.startswith(("rejected_", "kept_gold_")):
             out[f"estep/{k}"] = v
+    if total["target_confidence_sum"]:
+        out["estep/mean_target_confidence"] = total["target_confidence_sum"] / max(total["kept"], 1)
+    if (round_dir / BALANCE).is_file():  # counts after balancing (the progress lines hold those before)
+        balance = read_json(round_dir / BALANCE)
+        out["estep/balance_dropped"] = balance["dropped"]
+        out["estep/kept_samples"] = total["kept"] - balance["dropped"]
+        out.update({f"estep/kept_gold_{g}": n for g, n in balance["kept_by_gold"].items()})
+        if "mean_target_confidence" in balance:
+            out["estep/mean_target_confidence"] = balance["mean_target_confidence"]
     return out
 
 

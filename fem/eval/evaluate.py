@@ -64,7 +64,8 @@ def prediction_record(example_id: str, proposal: str, sample: Sample) -> dict[st
     }
 
 
-def _to_prediction(record: dict[str, Any]) -> Prediction:
+def to_prediction(record: dict[str, Any]) -> Prediction:
+    """The ``Prediction`` of one line of ``predictions.jsonl``."""
     return Prediction(
         example_id=record["example_id"],
         completion=record["completion"],
@@ -164,7 +165,7 @@ def summarize(
     task: Task, examples: Sequence[Example], records: list[dict[str, Any]], *, wall_s: float, proposal_name: str
 ) -> dict[str, Any]:
     """Task metrics plus cost for a list of prediction records."""
-    predictions = [_to_prediction(r) for r in records]
+    predictions = [to_prediction(r) for r in records]
     task_metrics = task.metrics(predictions, list(examples))
     tokens = sum(r["trace"]["cost"]["tokens_decoded"] for r in records)
     out: dict[str, Any] = {f"eval/{k}": v for k, v in task_metrics.items()}

@@ -117,14 +117,18 @@ def train_adapter(
     init_adapter: str | None,
     weighted: bool,
     seed: int,
+    callbacks: Sequence[TrainerCallback] = (),
+    report_to: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune a LoRA adapter on ``rows`` (prompt messages, completion, weight) and save it to ``adapter_dir``.
 
     The base model is copied, so the generation backend's model is never touched. ``args`` is the run's
     ``MStepConfig``: this round trains with a shallow copy of it whose output dir, seeds and column handling are the
     round's, so the run's config stays what the recipe said. (A copy, not a new ``TrainingArguments``: building one
-    would run its ``__post_init__`` again and reset accelerate's distributed state.)
-    Returns ``mstep/*`` metrics and the loss curve."""
+    would run its ``__post_init__`` again and reset accelerate's distributed state.) ``callbacks`` join the
+    trainer's (the run's tracker forwards the training logs through one); ``report_to``, when given, replaces the
+    trainers' own integrations (those the run's tracker does not drive). Returns ``mstep/*`` metrics and the loss
+    curve."""
     disable_progress_bars()
 
     _fresh_accelerator_state()
@@ -140,6 +144,8 @@ def train_adapter(
     args.seed = seed
     args.data_seed = seed
     args.remove_unused_columns = not weighted
+    if report_to is not None:
+        args.report_to = list(report_to)
     trainer_cls = WeightedSFTTrainer if weighted else SFTTrainer
     extra = {"data_collator": WeightedCollator(tokenizer.pad_token_id)} if weighted else {}
     trainer = trainer_cls(
@@ -147,6 +153,8 @@ def train_adapter(
     )
     trainer.remove_callback(PrinterCallback)  # the loss curve goes to round metrics and report_to, not stdout
     trainer.add_callback(CrashPointCallback())
+    for callback in callbacks:
+        trainer.add_callback(callback)
     result = trainer.train()
     save_adapter(trainer, adapter_dir)
     history = [h for h in trainer.state.log_history if "loss" in h]

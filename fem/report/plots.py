@@ -14,6 +14,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from fem import calibration as Cal
 from fem import metrics as M
 from fem.report.load import (
     BASELINE,
@@ -186,11 +187,25 @@ def _draw_reliability(ax: Any, name: str, confidences: list[float], targets: lis
             ha="center",
             fontsize=7,
         )
+    mass = Cal.reliability(confidences, targets, N_BINS, "mass")
+    ax.plot(
+        [r["confidence"] for r in mass],
+        [r["accuracy"] for r in mass],
+        "s",
+        color="tab:green",
+        markersize=4,
+        alpha=0.8,
+        label=f"{N_BINS} equal-mass bins (mean confidence, accuracy)",
+    )
     ece, brier = M.ece(confidences, targets, N_BINS), M.brier(confidences, targets)
-    ax.set_title(f"{name}: ECE={ece:.3f}, Brier={brier:.3f} (n={len(confidences)})", fontsize=10)
+    ece_mass, nll = Cal.ece(confidences, targets, N_BINS, "mass"), Cal.nll(confidences, targets)
+    ax.set_title(
+        f"{name} (n={len(confidences)})\nECE={ece:.3f} (mass {ece_mass:.3f}), Brier={brier:.3f}, NLL={nll:.3f}",
+        fontsize=9,
+    )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.12)
-    ax.set_xlabel("stated confidence (15 equal-width bins)")
+    ax.set_xlabel("stated confidence (bars: 15 equal-width bins)")
     ax.set_ylabel("accuracy (fraction of verdicts correct)")
     ax.legend(loc="upper left", fontsize=7)
 
@@ -294,7 +309,8 @@ PLOTS: tuple[PlotSpec, ...] = (
         "reliability",
         "Reliability diagrams",
         plot_reliability,
-        "Stated confidence (15 equal-width bins) against the fraction of correct verdicts; bin counts annotated.",
+        "Stated confidence against the fraction of correct verdicts: 15 equal-width bins (bars, counts annotated) "
+        "and 15 equal-mass bins (green squares); the title gives ECE of both binnings, Brier and NLL.",
     ),
     PlotSpec(
         "mh_acceptance",

@@ -75,13 +75,20 @@ def build_task(config: TaskConfig) -> Task:
     return task_class(config.task)(config)
 
 
-def validate_task_data(config: TaskConfig, splits: tuple[str, ...] = ("train", "eval")) -> dict[str, int]:
+class DataCounts(dict):
+    """``{split: example count}``, with ``formats``: ``{split: how its file was read}`` for user files (e.g. TRL's
+    preference format, detected)."""
+
+    formats: dict[str, str]
+
+
+def validate_task_data(config: TaskConfig, splits: tuple[str, ...] = ("train", "eval")) -> DataCounts:
     """Load and validate the data of each split the config uses; returns ``{split: example count}``.
 
     Raises ``DataError`` (file, line, field, fix) on any problem, ``ConfigError`` for bad templates.
     """
     task = build_task(config)
-    counts: dict[str, int] = {}
+    counts = DataCounts()
     for split in splits:
         try:
             examples = task.load(split)
@@ -95,4 +102,5 @@ def validate_task_data(config: TaskConfig, splits: tuple[str, ...] = ("train", "
             task.prompt(examples[0])
             task.hinted_prompt(examples[0])
         counts[split] = len(examples)
+    counts.formats = {split: task.data_format(split) for split in splits if task.data_format(split)}
     return counts

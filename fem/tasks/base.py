@@ -52,6 +52,9 @@ class Task(ABC):
     answer_markers: ClassVar[tuple[str, ...]] = ()  # texts that start an answer: a rationale is cut before the first
     forced_stop: ClassVar[str] = "\n"  # forced mode, open answers: greedy decoding after the cue stops here
     forced_max_new_tokens: ClassVar[int] = 48
+    # tasks that state a confidence: the text after the answer that starts the confidence line ("" when none)
+    confidence_cue: ClassVar[str] = ""
+    pairwise: ClassVar[bool] = False  # two candidates A/B: swapped copies, verdict balancing, preference data
 
     @abstractmethod
     def load(self, split: str) -> list[Example]:
@@ -94,6 +97,11 @@ class Task(ABC):
         """The confidence line written after the answer in a training completion ("" when the task states none)."""
         return ""
 
+    def target_distribution(self, example: Example) -> dict[str, float]:
+        """What calibrated option probabilities should match (temperature scaling fits to it): the gold answer
+        one-hot over the options (empty for open answers)."""
+        return {o: float(o == example.answer) for o in (self.options(example) or [])}
+
     def with_swaps(self, examples: Sequence[Example]) -> list[Example]:
         """The examples to evaluate for position consistency (pairwise tasks add each pair swapped)."""
         return list(examples)
@@ -105,6 +113,10 @@ class Task(ABC):
     def files(self, split: str) -> list[str]:
         """The data files ``split`` reads (empty when it generates its data or reads no file)."""
         return []
+
+    def data_format(self, split: str) -> str | None:
+        """How the last load of ``split`` read its file, when worth saying (e.g. "preference (conversational, ...)")."""
+        return None
 
     def field_names(self) -> tuple[str, ...]:
         """The fields ``task_fields`` may map (empty: the task reads its own fields and none are checked)."""

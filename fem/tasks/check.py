@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from fem.configs import TaskConfig
 from fem.errors import FemError
+from fem.sandbox import describe
 
 from . import TASKS, build_task
 from .base import Example, Task
@@ -47,6 +48,7 @@ def check_task(name: str, limit: int | None = None, workers: int = 2) -> dict[st
             return ex.id, gold, wrong
 
         if isinstance(task, CodeTask):
+            row["sandbox"] = describe(task.sandbox)
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 results = list(pool.map(one, examples))
         else:
@@ -80,6 +82,8 @@ def run_checks(names: list[str], limit: int | None = None, out: TextIO | None = 
         out.write(
             f"{r['task']:<26}{r['examples']:>9}{r['gold_fail']:>8}{r['wrong_pass']:>9}{r['seconds']:>7}  {status}\n"
         )
+    for line in dict.fromkeys(r["sandbox"] for r in rows if r.get("sandbox")):
+        out.write(f"code sandbox: {line}\n")
     out.write(f"{len(rows) - bad}/{len(rows)} tasks pass\n")
     return 1 if bad else 0
 

@@ -1,4 +1,10 @@
-"""Code generation: HumanEval and MBPP. A completion passes when the program and its tests exit 0 in the sandbox.
+"""Code generation: HumanEval and MBPP. A completion passes when the dataset's tests pass against it in the sandbox.
+
+Reward: the model's program and the dataset's tests run in separate jailed processes (``fem.sandbox.run_tests``):
+the tests call the program's functions through proxies that carry plain data only, so the program can neither
+read the tests nor hand them an object that compares equal to anything; the verdict comes from the tests'
+process, and the program must also exit with status 0. Without bubblewrap, rewards are refused (one line naming
+the fix) unless ``FEM_SANDBOX`` accepts the weaker fallback; which sandbox is used is logged when examples load.
 
 Extraction: the first fenced code block that defines the entry point (else the first fenced block, else the
 whole completion). For HumanEval a completion that does not define the entry point is taken as the function
@@ -8,18 +14,22 @@ samples per example (1, and the largest).
 
 from __future__ import annotations
 
+import ast
+import builtins
+import logging
 import re
-import secrets
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from fem import metrics as M
-from fem.sandbox import SandboxConfig, run_program
+from fem.sandbox import SandboxConfig, TestSuite, describe, run_tests
 
 from .base import Example, Prediction
 from .common import DataTask, group_by_example
 from .loading import Record, Source
 
+log = logging.getLogger("fem.tasks.code")
+_announced: set[str] = set()
 _FENCE = re.compile(r"```[ \t]*(?:python|py|Python|python3)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
@@ -50,17 +60,34 @@ class CodeTask(DataTask):
         return text if text.strip() else None
 
     def program(self, code: str, example: Example) -> str:
+        """The program the model's ``code`` becomes (it runs alone, without the tests)."""
         raise NotImplementedError
 
+    def test_suite(self, example: Example) -> TestSuite:
+        """The dataset's tests for ``example``, with the names they take from the program."""
+        raise NotImplementedError
+
+    def load(self, split: str) -> list[Example]:
+        """The split's examples. Logs once per process the sandbox its rewards use (``fem.sandbox.describe``), as a
+        warning when they would be refused: the first reward then raises ``SandboxUnavailable`` (one line naming
+        the fix) and no program runs unconfined. Loading itself runs no code, so ``fem sample`` still works."""
+        line = describe(self.sandbox)
+        if line not in _announced:
+            _announced.add(line)
+            if line.startswith("REFUSED"):
+                log.warning("code sandbox: %s (the first code reward will stop the run)", line)
+            elif not line.startswith("FALLBACK"):  # the fallback is announced by fem.sandbox itself
+                log.info("code sandbox: %s", line)
+        return super().load(split)
+
     def reward(self, extracted: Any | None, example: Example) -> float:
-        """1 when the tests ran to their end: exit status 0 *and* a fresh random token printed after the tests (so a
-        completion that exits with status 0 before the tests run, e.g. ``sys.exit(0)``, earns nothing)."""
+        """1 when every test of the example passed against the program and the program exited with status 0
+        (a program that exits early, e.g. ``sys.exit(0)``, or after the tests with a non-zero status earns 0).
+        Raises ``SandboxUnavailable`` when the sandbox ``self.sandbox`` asks for cannot run here."""
         if extracted is None:
             return 0.0
-        token = secrets.token_hex(16)
-        program = self.program(str(extracted), example) + f"\nprint({token!r})\n"
-        result = run_program(program, self.sandbox)
-        return 1.0 if result.passed and result.stdout_tail.rstrip().endswith(token) else 0.0
+        result = run_tests(self.program(str(extracted), example), self.test_suite(example), self.sandbox)
+        return 1.0 if result.passed else 0.0
 
     def answer_text(self, example: Example) -> str:
         return f"{example.answer.rstrip()}\n```"
@@ -111,11 +138,15 @@ class HumanEvalTask(CodeTask):
     def program(self, code: str, example: Example) -> str:
         prompt = example.fields["prompt"]
         if not re.search(rf"^\s*def\s+{re.escape(self.entry_point(example))}\s*\(", code, re.MULTILINE):
-            code = prompt + code  # a bare function body
-        else:
-            header = "\n".join(line for line in prompt.splitlines() if line.startswith(("import ", "from ")))
-            code = header + "\n" + code
-        return f"{code}\n\n{example.fields['test']}\n\ncheck({self.entry_point(example)})\n"
+            return prompt + code  # a bare function body
+        header = "\n".join(line for line in prompt.splitlines() if line.startswith(("import ", "from ")))
+        return header + "\n" + code
+
+    def test_suite(self, example: Example) -> TestSuite:
+        """``check(entry_point)`` after the prompt (its helpers, e.g. ``poly``, come from the dataset, not the
+        program); only the entry point is the program's."""
+        entry = self.entry_point(example)
+        return TestSuite(f"{example.fields['test']}\n\ncheck({entry})\n", (entry,), prelude=example.fields["prompt"])
 
     def wrong_answer_text(self, example: Example) -> str:
         return example.fields["prompt"] + "    raise AssertionError('deliberately wrong')\n```"
@@ -166,9 +197,35 @@ class MBPPTask(CodeTask):
         }
 
     def program(self, code: str, example: Example) -> str:
-        # setup after the code: MBPP's test_setup_code may use classes the solution defines (task 927)
-        return "\n".join([code, "", example.fields["setup"], *example.fields["tests"], ""])
+        return code
+
+    def test_suite(self, example: Example) -> TestSuite:
+        """The setup code and the assert lines; every name they use but do not define is the program's (the entry
+        point, and e.g. the ``Node`` class task 927's setup builds trees with)."""
+        code = "\n".join([example.fields["setup"], *example.fields["tests"], ""])
+        return TestSuite(code, program_names(code, example.fields["entry_point"]))
 
     def wrong_answer_text(self, example: Example) -> str:
         name = example.fields["entry_point"] or "solution"
         return f"def {name}(*args, **kwargs):\n    raise AssertionError('deliberately wrong')\n```"
+
+
+def program_names(code: str, entry_point: str = "") -> tuple[str, ...]:
+    """Names ``code`` reads but neither defines, imports nor finds in builtins, plus ``entry_point`` (which may
+    shadow a builtin: MBPP task 126 defines ``sum``), sorted."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return (entry_point,) if entry_point else ()
+    defined = set(dir(builtins))
+    used = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (used if isinstance(node.ctx, ast.Load) else defined).add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            defined.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, ast.arg):
+            defined.add(node.arg)
+    return tuple(sorted((used - defined) | ({entry_point} if entry_point else set())))

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from fem.configs import TaskConfig
-from fem.errors import DataError
+from fem.errors import ConfigError, DataError
 
 from .base import Example, Messages, Task
-from .loading import Record, Source, check_unique_ids, hash_split, load_records
+from .loading import Record, Source, check_unique_ids, hash_split, load_records, read_rows
+from .preference import is_preference_row, preference_records
 from .prompting import Template, load_template, shipped_template, with_system
 
 SPLITS = ("train", "eval")
@@ -43,9 +44,12 @@ class DataTask(Task):
     allowed_labels: ClassVar[tuple[str, ...]] = ()
     plain_template: ClassVar[str] = ""
     hinted_template: ClassVar[str] = ""
+    # (context, first candidate, second candidate) fields filled from TRL preference data; None: not a pairwise task
+    preference_fields: ClassVar[tuple[str, str, str] | None] = None
 
     def __init__(self, config: TaskConfig | None = None):
         self.config = config if config is not None else TaskConfig(task=self.name)
+        self.data_formats: dict[str, str] = {}  # split -> how its file was read (shown in the --dry_run plan)
         self._plain: Template = (
             load_template(self.config.prompt_template, "prompt_template")
             if self.config.prompt_template
@@ -95,7 +99,7 @@ class DataTask(Task):
             allow_empty=self.allow_empty,
         )
         if user:
-            return load_records(Path(user).expanduser(), fields, self.required_fields, **kwargs)
+            return self.read_user_file(Path(user).expanduser(), split, fields, kwargs)
         source = self.sources.get(split)
         if source is None:
             which = "train_file" if split == "train" else "eval_file"
@@ -115,6 +119,44 @@ class DataTask(Task):
                 ):
                     continue
                 records.append(record)
+        return records
+
+    def data_format(self, split: str) -> str | None:
+        return self.data_formats.get(normalize_split(split))
+
+    def read_user_file(self, path: Path, split: str, fields: dict[str, str], kwargs: dict[str, Any]) -> list[Record]:
+        """The user's file of ``split``: TRL preference rows (``data_format`` preference, or auto-detected) or
+        columns mapped by ``task_fields``. Records how it was read in ``data_formats[split]``."""
+        fmt = self.config.data_format
+        if fmt == "preference" and self.preference_fields is None:
+            raise ConfigError(
+                f"task '{self.name}' does not read preference data (chosen/rejected pairs)",
+                field="data_format",
+                fix="use a pairwise task (judge*, summarize) or data_format: fields",
+            )
+        columns = "columns mapped by task_fields" if self.config.task_fields else "the task's own column names"
+        if fmt == "fields" or self.preference_fields is None:
+            self.data_formats[split] = columns
+            return load_records(path, fields, self.required_fields, **kwargs)
+        rows, where = read_rows(path)
+        if fmt == "auto" and (self.config.task_fields or not is_preference_row(rows[0])):
+            self.data_formats[split] = columns
+            return load_records(path, fields, self.required_fields, **kwargs)
+        context, first, second = self.preference_fields
+        records, shape = preference_records(
+            rows,
+            where,
+            str(path),
+            context_field=context,
+            first=first,
+            second=second,
+            seed=self.config.preference_seed,
+        )
+        gold_a = sum(r["label"] == "A" for r in records)
+        self.data_formats[split] = (
+            f"{shape.describe()}{', detected' if fmt == 'auto' else ''}; chosen in position A for {gold_a} "
+            f"of {len(records)} rows (seeded coin, preference_seed={self.config.preference_seed})"
+        )
         return records
 
     def load(self, split: str) -> list[Example]:

@@ -1,8 +1,9 @@
 """Pairwise judge calibration: which of two responses is better, with a stated confidence.
 
 Completions end with ``Verdict: A`` (or ``B``; ``tie`` when tie_policy is "third") and ``Confidence: N%``.
-Reward = the verdict matches the human label. Metrics: accuracy, ECE (15 equal-width bins), Brier,
-reliability table, unparsed count, and position consistency when swapped copies (``swapped``) were scored.
+Reward = the verdict matches the human label. Metrics: accuracy, ECE (15 equal-width bins and 15 equal-mass bins),
+Brier, NLL of the stated confidence, reliability tables, unparsed count, and position consistency when swapped
+copies (``swapped``) were scored.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from fem import calibration as C
 from fem import metrics as M
 
 from .base import Example, Prediction
@@ -55,21 +57,27 @@ def flip(verdict: str | None) -> str | None:
     return {"A": "B", "B": "A"}.get(verdict, verdict) if verdict is not None else None
 
 
+CALIBRATION_KEYS = ("ece", "ece_mass", "brier", "nll", "reliability", "reliability_mass")
+
+
 def calibration_metrics(
     confidences: Sequence[float], targets: Sequence[float], prefix: str = "", n_bins: int = 15
 ) -> dict[str, Any]:
-    """ECE, Brier and the reliability table of (confidence, target) pairs."""
-    return {
-        f"{prefix}ece": M.ece(confidences, targets, n_bins),
-        f"{prefix}brier": M.brier(confidences, targets),
-        f"{prefix}reliability": M.reliability_table(confidences, targets, n_bins),
-    }
+    """ECE (equal-width and equal-mass bins), Brier, NLL and both reliability tables of (confidence, target) pairs;
+    None (tables: empty) when there is no pair."""
+    if not confidences:
+        return {f"{prefix}{k}": ([] if k.startswith("reliability") else None) for k in CALIBRATION_KEYS}
+    out = {f"{prefix}{k}": v for k, v in C.calibration_summary(confidences, targets, n_bins).items()}
+    out[f"{prefix}reliability"] = M.reliability_table(confidences, targets, n_bins)
+    out[f"{prefix}reliability_mass"] = C.reliability(confidences, targets, n_bins, "mass")
+    return out
 
 
 class PairwiseTask(DataTask):
     """Shared by the judge and summarization tasks: A/B verdicts with a confidence."""
 
     answer_cue: ClassVar[str] = "Verdict:"
+    pairwise: ClassVar[bool] = True
     answer_markers: ClassVar[tuple[str, ...]] = ("Verdict:", "Confidence:")
     label_field: ClassVar[str | None] = "label"
     allow_empty: ClassVar[tuple[str, ...]] = (
@@ -80,6 +88,7 @@ class PairwiseTask(DataTask):
     )  # an empty answer is a valid candidate
     first: ClassVar[str] = "response_a"
     second: ClassVar[str] = "response_b"
+    preference_fields: ClassVar[tuple[str, str, str] | None] = ("prompt", "response_a", "response_b")
 
     @property
     def allow_tie(self) -> bool:
@@ -112,9 +121,11 @@ class PairwiseTask(DataTask):
     def answer_text(self, example: Example) -> str:
         return f" {example.answer}"
 
+    confidence_cue: ClassVar[str] = "\nConfidence:"
+
     def confidence_text(self, confidence: float) -> str:
         """The confidence line written after the verdict in a training completion."""
-        return f"\nConfidence: {round(100 * min(max(confidence, 0.0), 1.0))}%"
+        return f"{self.confidence_cue} {round(100 * min(max(confidence, 0.0), 1.0))}%"
 
     def wrong_answer_text(self, example: Example) -> str:
         return f" {flip(example.answer) if example.answer != TIE else 'A'}"
@@ -141,10 +152,8 @@ class PairwiseTask(DataTask):
         scored = [p for p in preds if p.parsed and p.confidence is not None]
         out["unparsed"] = sum(1 for p in preds if not p.parsed)
         out["parsed_fraction"] = len(scored) / len(preds) if preds else 0.0
-        if scored:  # ECE and Brier of the verdicts that came with a confidence; undefined (None) without any
-            out.update(calibration_metrics([float(p.confidence) for p in scored], [p.reward for p in scored]))
-        else:
-            out.update({"ece": None, "brier": None, "reliability": []})
+        # calibration of the verdicts that came with a confidence; undefined (None) without any
+        out.update(calibration_metrics([float(p.confidence) for p in scored], [p.reward for p in scored]))
         out["mean_confidence"] = sum(float(p.confidence) for p in scored) / len(scored) if scored else None
         out.update(position_consistency(preds))
         return out

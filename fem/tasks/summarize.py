@@ -4,7 +4,8 @@ Data: OpenAI TL;DR comparisons (batch13 + batch18; choice = index of the preferr
 1-9 where 1 = "summary 1 definitely better" and 9 = "summary 2 definitely better"; 5 is never used).
 Split: by the sha256 of the post id (30 % eval), so a post never lands in both splits.
 Human-confidence target: P_human(B better) = (c - 0.5) / 9 (each of the nine points covers a ninth of [0, 1]);
-ECE and Brier compare the model's confidence in its verdict with P_human(that verdict).
+ECE (equal-width and equal-mass bins), Brier and NLL compare the model's confidence in its verdict with
+P_human(that verdict); the same measures against correctness carry the prefix ``correctness_``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, ClassVar
 from fem import metrics as M
 
 from .base import Example, Prediction
-from .judge import TIE, PairwiseTask, calibration_metrics
+from .judge import CALIBRATION_KEYS, TIE, PairwiseTask, calibration_metrics
 from .loading import Record, Source, record_error
 
 TLDR_FILES = ("tldr_comparisons/batch13.jsonl.gz", "tldr_comparisons/batch18.jsonl.gz")
@@ -45,6 +46,7 @@ class SummarizeTask(PairwiseTask):
     first: ClassVar[str] = "summary_a"
     second: ClassVar[str] = "summary_b"
     candidate_noun: ClassVar[str] = "Summary"
+    preference_fields: ClassVar[tuple[str, str, str] | None] = ("post", "summary_a", "summary_b")
     required_fields: ClassVar[tuple[str, ...]] = ("post", "summary_a", "summary_b", "label")
     plain_template: ClassVar[str] = "summarize.txt"
     hinted_template: ClassVar[str] = "summarize_hinted.txt"
@@ -90,9 +92,17 @@ class SummarizeTask(PairwiseTask):
             ex.fields["human_confidence"] = 10 - conf
         return ex
 
+    def target_distribution(self, example: Example) -> dict[str, float]:
+        """The human-confidence target when the pair has one (P_human(A), P_human(B)), else the gold verdict."""
+        conf = example.fields.get("human_confidence")
+        if conf is None or self.allow_tie:
+            return super().target_distribution(example)
+        pb = human_probability_b(conf)
+        return {"A": 1.0 - pb, "B": pb}
+
     def metrics(self, predictions: Sequence[Prediction], examples: Sequence[Example]) -> dict[str, Any]:
         out = super().metrics(predictions, examples)
-        out = {("correctness_" + k if k in ("ece", "brier", "reliability") else k): v for k, v in out.items()}
+        out = {("correctness_" + k if k in CALIBRATION_KEYS else k): v for k, v in out.items()}
         by_id = {e.id: e for e in examples}
         confs, targets = [], []
         buckets: dict[str, list[float]] = {}

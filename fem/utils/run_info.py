@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import platform
+import shlex
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,23 @@ def git_sha() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def command_line(argv: list[str] | None = None) -> str:
+    """The command as the user would type it again: ``fem ARGS`` when fem runs as ``fem`` or ``python -m fem``
+    (also under ``accelerate launch -m fem``), else the process's own argv, shell-quoted."""
+    argv = list(sys.argv if argv is None else argv)
+    head = Path(argv[0]) if argv else Path()
+    if head.name == "fem" or head.parts[-2:] == ("fem", "__main__.py"):
+        return shlex.join(["fem", *argv[1:]])
+    return shlex.join(argv)
+
+
 def run_record(config: dict[str, Any], command: str) -> dict[str, Any]:
-    """The contents of ``config.yaml``: the resolved config plus provenance."""
+    """The contents of ``config.yaml``: the resolved config plus provenance (the command line that ran)."""
     plain = json.loads(json.dumps(config, default=str))  # enums and paths as plain strings (safe YAML)
-    return {"command": command, "config": plain, "versions": library_versions(), "git_sha": git_sha()}
+    return {
+        "command": command,
+        "command_line": command_line(),
+        "config": plain,
+        "versions": library_versions(),
+        "git_sha": git_sha(),
+    }

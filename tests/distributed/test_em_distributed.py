@@ -23,7 +23,7 @@ LAUNCHES = {
 }
 
 
-def launch(config: str, out: Path, env: dict) -> subprocess.CompletedProcess:
+def launch(config: str, out: Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     cmd = [
         accelerate,
@@ -46,6 +46,7 @@ def launch(config: str, out: Path, env: dict) -> subprocess.CompletedProcess:
         *FAST,
         "--per_device_train_batch_size",
         "4",
+        *extra,
     ]
     return subprocess.run(
         cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, **env, "OMP_NUM_THREADS": "1"}
@@ -87,7 +88,7 @@ def single(tmp_path_factory, env) -> Path:
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory, env) -> Path:
     out = tmp_path_factory.mktemp("ddp") / "run"
-    result = launch("cpu_ddp.yaml", out, env)
+    result = launch("cpu_ddp.yaml", out, env, "--report_to", "tensorboard")  # tracking changes no result
     assert result.returncode == 0, failure(result)
     return out
 
@@ -125,3 +126,16 @@ def test_two_process_training(name, tmp_path, env, single, ddp):
     total = lambda a: sum(float(v.abs().sum()) for v in a.values())  # noqa: E731
     assert abs(total(ours) - total(one)) / total(one) < 0.05
     assert all(torch.allclose(ours[k], two[k], atol=1e-3) for k in two)
+
+
+@pytest.mark.distributed
+def test_two_processes_report_to_the_tracker_once(ddp):
+    """Only the main process writes to the tracker: one TensorBoard run, one event file, every point once."""
+    from test_tracking import steps, tensorboard_points
+
+    points, folders = tensorboard_points(ddp / "runs")
+    assert len(folders) == 1 and len(list(next(iter(folders)).glob("events.out.tfevents.*"))) == 1
+    assert steps(points, "eval/accuracy") == [-1, 0, 1]
+    lines = [json.loads(line) for line in (ddp / "metrics.jsonl").read_text().splitlines()]
+    total = sum(m.get("mstep/steps", 0) for m in lines)
+    assert steps(points, "train/loss") == list(range(1, total + 1))

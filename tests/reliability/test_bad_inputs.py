@@ -107,7 +107,7 @@ def test_yaml_is_loaded_safely_and_no_field_reaches_eval_exec_or_pickle():
     root = Path(__file__).resolve().parents[2] / "fem"
     readers = [
         "recipe.py",
-        "configs.py",
+        *(f"configs/{p.name}" for p in sorted((root / "configs").glob("*.py"))),
         "state.py",
         "preflight.py",
         "commands/train.py",

@@ -5,6 +5,9 @@ from fem.readout import score_completions
 from fem.tasks import build_task
 from fem.tasks.answering import training_completion
 from fem.tasks.check import run_checks
+from fem.tasks.code import program_names
+
+pytestmark = pytest.mark.usefixtures("code_sandbox")
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +49,10 @@ def test_check_summary_table(capsys):
 def test_all_humaneval_canonical_solutions_pass(capsys):
     assert run_checks(["humaneval"]) == 0
     assert "humaneval                       164       0        0" in capsys.readouterr().out
+
+
+def test_mbpp_tests_take_from_the_program_only_what_they_do_not_define():
+    setup_and_tests = "import math\nroot = Node(1)\nroot.left = Node(2)\nassert max_height(root) == 2\nassert math.isclose(f(1), 1.0)\n"
+    assert program_names(setup_and_tests, "max_height") == ("Node", "f", "max_height")
+    assert program_names("assert sum(1, 2) == 3\n", "sum") == ("sum",)  # an entry point shadowing a builtin
+    assert program_names("assert [x for x in g()] == [1]\n") == ("g",)
