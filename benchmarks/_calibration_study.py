@@ -201,6 +201,7 @@ def training_sets(runtime: Runtime, draws: list[list[Sample]], drawer: Any, args
                 prior=1.0,
                 options=runtime.task.options,
                 seed=args.seed,
+                swap=runtime.task.swapped if runtime.task.pairwise else None,
             ),
         )
         completions[target] = {

@@ -5,7 +5,7 @@ natural set alone has only 50 eval pairs) and TL;DR (``summarize``, target: the 
 ``--train-pairs`` training pairs and ``--eval-pairs`` eval pairs (every pair asked both ways, see
 ``_calibration_study.py``): the base model's read-out; the base read-out with one temperature fitted on the
 training pairs (the baseline every calibration method is compared with); and one PPS round per confidence target
-(``readout``, ``plain_readout``, ``empirical``) and variant (``plain``: pairs as given; ``balanced``: both orders,
+(``readout``, ``plain_readout``, ``plain_readout_debiased``, ``empirical``) and variant (``plain``: pairs as given; ``balanced``: both orders,
 kept samples balanced across gold verdicts), evaluated on what the trained judge states after a forced verdict and
 on its read-out. Accuracy, position consistency, ECE (15 equal-width / equal-mass bins), Brier and NLL, each with a
 95 % bootstrap interval over pairs.
@@ -30,7 +30,7 @@ import _common as C  # noqa: E402
 
 NAME = "calibration"
 DATASETS = ("judge", "judge_llmbar", "summarize")
-FULL = {"train_pairs": 32, "eval_pairs": 100, "targets": 3, "variants": 2}
+FULL = {"train_pairs": 32, "eval_pairs": 100, "targets": 4, "variants": 2}
 QUICK = ["--model", "tiny-random-llama", "--datasets", "judge_llmbar_natural", "--train-pairs", "3",
          "--eval-pairs", "2", "--rationale-tokens", "2", "--confidence-samples", "2", "--boot", "50"]  # fmt: skip
 
@@ -39,7 +39,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated pairwise tasks")
     p.add_argument("--train-pairs", type=int, default=FULL["train_pairs"])
     p.add_argument("--eval-pairs", type=int, default=FULL["eval_pairs"])
-    p.add_argument("--targets", default="readout,plain_readout,empirical")
+    p.add_argument("--targets", default="readout,plain_readout,plain_readout_debiased,empirical")
     p.add_argument("--variants", default="plain,balanced")
     p.add_argument("--draws", type=int, default=2, help="hinted draws per training example (PPS)")
     p.add_argument("--confidence-samples", type=int, default=4, help="plain draws behind the empirical target")

@@ -16,10 +16,12 @@ import each other (tests/test_layers.py checks both, and that nothing imports in
     generation/, tasks/          backends (protocols, hf); tasks (data, prompts, answers, rewards, metrics)
     recipe, state                recipe parsing into Configs; run state and resume
     run_configs, metrics,        one command's Configs and their cross-checks; accuracy/ECE/pass@k...; NLL,
-      calibration, sandbox         equal-mass ECE, temperature fit, bootstrap intervals; untrusted code
+      calibration, sandbox,        equal-mass ECE, temperature fit, bootstrap intervals; untrusted code; what fem
+      rundir                       owns in an output dir and the checks on the dir itself
     configs, trl_configs         the config dataclasses (fem's own; the TRL-based M-step and model configs)
     validation, registry         config checks from field metadata; name-or-dotted-path plug-in resolution
-    errors, utils/               user-facing errors; io, logging, seeds, the process group (World)
+    utils/                       io (atomic writes, JSONL, the run lock), logging, seeds, the process group (World)
+    errors                       user-facing errors (one line: file, field, fix)
 
 TRL is imported by the loop, the M-step, and the configs that are TRL's (``trl_configs``, and ``recipe``'s parser).
 """

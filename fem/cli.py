@@ -23,7 +23,8 @@ from fem.errors import FemError
 RECIPE_OPTIONS = {
     "eval": "Shorthands: --limit N (= --eval_limit), --num_samples k, --seed S, --adapter PATH, --proposals a,b.",
     "train": "Add --dry_run to validate the recipe and its data files and print the plan without loading a model.",
-    "sample": "Options: --split train|eval (default eval), --out FILE.jsonl (default OUTPUT_DIR/samples.jsonl); num_samples draws per prompt.",
+    "sample": "Options: --split train|eval (default eval), --out FILE.jsonl (default OUTPUT_DIR/samples.jsonl; an existing "
+    "file only with --overwrite); num_samples draws per prompt.",
 }
 
 

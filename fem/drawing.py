@@ -134,10 +134,18 @@ class ProposalDrawer:
     read_options: Callable[[Sequence[Example], Sequence[list[int]]], list[dict[str, float]]] | None = None
 
     def read_out(self, examples: Sequence[Example], origin: str) -> list[dict[str, float]]:
-        """The option probabilities each example's ``origin`` prompt gives right after the answer cue."""
+        """The option probabilities each example's ``origin`` prompt gives right after the answer cue. Examples
+        whose prompts are the same token ids (a pair and the swap of its swapped copy) are read once."""
         if self.read_options is None:
             raise FemError("this drawer has no read-out", fix="build it with read_options (fem.runtime does)")
-        return self.read_options(examples, [self.render(e, origin) for e in examples])
+        prompts = [self.render(e, origin) for e in examples]
+        first: dict[tuple[int, ...], int] = {}
+        for i, prompt in enumerate(prompts):
+            first.setdefault(tuple(prompt), i)
+        unique = list(first.values())
+        read = self.read_options([examples[i] for i in unique], [prompts[i] for i in unique])
+        by_prompt = {tuple(prompts[i]): probs for i, probs in zip(unique, read)}
+        return [dict(by_prompt[tuple(p)]) for p in prompts]
 
     def draw(self, examples: Sequence[Example], origin: str, n: int, *, seed: int) -> list[list[Sample]]:
         prompts = [self.render(e, origin) for e in examples]

@@ -19,19 +19,21 @@ from tqdm.auto import tqdm
 from trl import get_peft_config
 
 from fem.drawing import Sample
+from fem.errors import DataError
 from fem.estep.confidence import apply_confidence_targets
-from fem.estep.runner import kept_samples, run_estep
+from fem.estep.runner import SAMPLES, check_samples, kept_samples, run_estep
 from fem.estep.schemes import build_scheme
 from fem.eval.evaluate import EvalProgress, eval_examples, evaluate
 from fem.mstep.sft import check_eos, train_adapter
+from fem.preflight import train_config
 from fem.report import build_report
 from fem.run_configs import Configs
 from fem.runtime import Runtime, build_runtime
-from fem.state import RunState, run_config
+from fem.state import RunState
 from fem.tracking import RunTracker, report_to_names, trainer_report_to
 from fem.utils.distributed import World, current_world
 from fem.utils.faults import crash_point
-from fem.utils.io import atomic_write_json, atomic_write_text, read_json, read_jsonl, write_jsonl
+from fem.utils.io import DamagedFileError, atomic_write_json, atomic_write_text, read_json, write_jsonl
 from fem.utils.logging import get_logger
 from fem.utils.run_info import run_record
 from fem.utils.seeding import derive_seed, seed_everything
@@ -57,22 +59,22 @@ class EMRunner:
 
     # -- setup -------------------------------------------------------------------------------------------------
     def setup(self) -> None:
+        """Validate the output dir and load or create the run state (main process, holding the run lock; a run of
+        another config is refused, or with overwrite replaced), record the config, then build the runtime and load
+        the last finished round's adapter (resolved inside the output dir, wherever the dir was moved or copied)."""
         seed_everything(self.seed)
-        config = run_config(self.configs)
-        # only the main process removes a crash's temp files: another rank doing it could delete the main
-        # process's temp file in the middle of its atomic write of config.yaml (seen in a 2-process CI run)
-        self.state = RunState.load_or_create(
-            self.output_dir,
-            config,
-            overwrite=self.configs.em.overwrite_output_dir_contents,
-            clean=self.world.is_main,
-        )
+        config = train_config(self.configs)
         record = run_record(config, "fem train") if self.world.is_main else {}
         if self.world.is_main:
+            self.state = RunState.load_or_create(
+                self.output_dir, config, overwrite=self.configs.em.overwrite_output_dir_contents
+            )
             self.output_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.output_dir / "config.yaml", yaml.safe_dump(record, sort_keys=False))
             self.state.save(self.output_dir)
         self.world.barrier()
+        if not self.world.is_main:  # the state the main process just wrote (only it validates and cleans the dir)
+            self.state = RunState.load(self.output_dir)
         self.runtime = build_runtime(self.configs, self.world)
         self.train_examples = self.runtime.task.load("train")
         if self.configs.estep.estep_position_swap:  # each pair also drawn with its candidates swapped
@@ -81,13 +83,16 @@ class EMRunner:
             self.runtime.task, self.runtime.task.load("eval"), self.configs.eval.eval_position_swap
         )
         check_eos(self.runtime.tokenizer, self.runtime.backend.eos_token_ids)
-        if self.state.last_adapter:
-            self.runtime.backend.load_adapter(self.state.last_adapter)
+        adapter = self.state.adapter_path(self.output_dir)
+        if adapter is not None:
+            self.runtime.backend.load_adapter(str(adapter))
         names = report_to_names(self.configs.mstep.report_to) if self.world.is_main else []  # main process only
         run_name = self.configs.mstep.run_name or self.output_dir.resolve().name
         self.tracker = RunTracker(self.output_dir, names, run_name=run_name, config=record.get("config", {}))
         self.tracker.start(self.state.config_hash)
-        self.tracker.catch_up(read_jsonl(self.output_dir / "metrics.jsonl"))
+        if self.world.is_main:
+            finished = self._finished_metrics()
+            self.tracker.catch_up(finished[r] for r in sorted(finished))
 
     # -- run ---------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -142,13 +147,18 @@ class EMRunner:
             self.state.mark(k, "estep")
             self.save_state()
         if not self.state.done(k, "mstep"):
+            if self._samples_damaged(k, rdir):
+                metrics.update(self.estep(k, rdir))  # draws only the damaged chunks again (same seeds)
+                self._write_round_metrics(rdir, metrics)
+                self._samples_damaged(k, rdir, again=True)
             metrics.update(self.mstep(k, rdir))
             self._write_round_metrics(rdir, metrics)
             crash_point("loop.mstep_done")
             self.state.mark(k, "mstep")
             if (rdir / "adapter").exists():
-                self.state.last_adapter = str(rdir / "adapter")
+                self.state.last_adapter = (rdir / "adapter").relative_to(self.output_dir).as_posix()
             self.save_state()
+            crash_point("loop.mstep_saved")
         if self.configs.eval.eval_every_round or k == self.configs.em.rounds - 1:
             logger.info("round %d: eval on %d examples", k, len(self.eval_examples))
             metrics.update(self.evaluate(rdir / "eval"))
@@ -179,6 +189,7 @@ class EMRunner:
                 prior=estep.confidence_prior,
                 options=task.options,
                 seed=seed,
+                swap=task.swapped if task.pairwise else None,
             )
 
         start = time.perf_counter()
@@ -202,27 +213,57 @@ class EMRunner:
         metrics["estep/wall_s"] = time.perf_counter() - start
         return metrics
 
-    def mstep(self, k: int, rdir: Path) -> dict[str, Any]:
-        """Train this round's adapter on the kept samples (from the base model by default), save, verify, load it."""
-        assert self.runtime is not None and self.state is not None
+    def _samples_damaged(self, k: int, rdir: Path, again: bool = False) -> bool:
+        """Before the M-step: do the samples on disk equal what the E-step recorded? If not (a line damaged after it
+        was written), say so and return True: the E-step then draws those chunks again. ``again``: a second
+        mismatch after that redraw is an error."""
+        chunks = -(-len(self.train_examples) // self.configs.proposal.generation_batch_size)
+        problems = check_samples(rdir, chunks)
+        if problems and again:
+            raise DamagedFileError(
+                f"round {k}: {problems[0]} even after drawing it again",
+                file=str(rdir / SAMPLES),
+                fix="check the disk, then remove the round dir's samples and progress files to draw them anew",
+            )
+        for problem in problems:
+            logger.warning("round %d: %s; drawing that chunk again before the M-step", k, problem)
+        return bool(problems)
+
+    def training_rows(self, samples: list[dict[str, Any]], samples_file: Path) -> list[dict[str, Any]]:
+        """The M-step's rows: each kept sample's completion under the *plain* prompt of its example (a hinted
+        draw teaches what to write without the hint), with its weight."""
+        assert self.runtime is not None
         by_id = {e.id: e for e in self.train_examples}
-        rows = [
+        unknown = sorted({s["example_id"] for s in samples} - by_id.keys())
+        if unknown:
+            raise DataError(
+                f"holds samples of {len(unknown)} example ids the training data lacks (e.g. {unknown[0]!r:.60})",
+                file=str(samples_file),
+                field="train_file",
+                fix="restore the training data the run started with, or start over in a new output_dir",
+            )
+        return [
             {
                 "prompt": self.runtime.plain_messages(by_id[s["example_id"]]),
                 "completion": s["completion"],
                 "weight": s["weight"],
             }
-            for s in kept_samples(rdir)
+            for s in samples
         ]
-        previous = self.state.last_adapter
+
+    def mstep(self, k: int, rdir: Path) -> dict[str, Any]:
+        """Train this round's adapter on the kept samples (from the base model by default), save, verify, load it."""
+        assert self.runtime is not None and self.state is not None
+        rows = self.training_rows(kept_samples(rdir), rdir / SAMPLES)
+        previous = self.state.adapter_path(self.output_dir)
         if not rows:
             logger.warning("round %d: no kept samples; the M-step is skipped and the previous adapter kept", k)
-            if previous:
+            if previous is not None:
                 self._copy_adapter(previous, rdir / "adapter")
             return {"mstep/samples": 0, "mstep/skipped": True}
         logger.info("round %d: M-step on %d kept samples", k, len(rows))
         self.runtime.backend.unload_adapter()
-        init = None if self.configs.em.restart_from_base else previous
+        init = None if self.configs.em.restart_from_base or previous is None else str(previous)
         metrics = train_adapter(
             base_model=self.runtime.model,
             tokenizer=self.runtime.tokenizer,
@@ -240,7 +281,7 @@ class EMRunner:
         self.runtime.backend.load_adapter(str(rdir / "adapter"))
         return metrics
 
-    def _copy_adapter(self, source: str, target: Path) -> None:
+    def _copy_adapter(self, source: Path, target: Path) -> None:
         if self.world.is_main:
             if target.exists():
                 shutil.rmtree(target)
@@ -280,13 +321,27 @@ class EMRunner:
             atomic_write_json(rdir / "metrics.json", metrics)
 
     def _append_metrics(self, metrics: dict[str, Any]) -> None:
-        """One line per round in ``metrics.jsonl`` (a resumed round replaces its earlier line), then the same line
-        to the trackers (each round once: the tracker's ledger skips a round it already sent)."""
+        """``metrics.jsonl``: one line per finished round (``round -1``: the baseline), rebuilt from the per-round
+        ``metrics.json`` files, never read back, so that no damaged line can cost another round's line; then the
+        round's line to the trackers (each round once: the tracker's ledger skips a round it already sent).
+        ``metrics`` is the line of the round that just finished (its phase is marked after this)."""
         if not self.world.is_main:
             return
-        path = self.output_dir / "metrics.jsonl"
-        lines = [m for m in read_jsonl(path, repair=True) if m.get("round") != metrics.get("round")]
-        line = {k: v for k, v in metrics.items() if k != "mstep/loss_curve"}
-        write_jsonl(path, sorted([*lines, line], key=lambda m: m["round"]))
+        lines = self._finished_metrics()
+        lines[metrics["round"]] = metrics
+        lines = {r: {k: v for k, v in m.items() if k != "mstep/loss_curve"} for r, m in lines.items()}
+        write_jsonl(self.output_dir / "metrics.jsonl", [lines[r] for r in sorted(lines)])
         if self.tracker is not None:
-            self.tracker.log_round(line)
+            self.tracker.log_round(lines[metrics["round"]])
+
+    def _finished_metrics(self) -> dict[int, dict[str, Any]]:
+        """The metrics of every finished round by index (``-1``: the baseline), from their ``metrics.json`` files."""
+        assert self.state is not None
+        lines = {}
+        if self.state.baseline_done and (self.output_dir / "baseline" / "metrics.json").is_file():
+            lines[-1] = {"round": -1, **read_json(self.output_dir / "baseline" / "metrics.json")}
+        for key, phases in self.state.completed.items():
+            path = round_dir(self.output_dir, int(key)) / "metrics.json"
+            if "eval" in phases and path.is_file():
+                lines[int(key)] = read_json(path)
+        return lines

@@ -19,12 +19,13 @@ from fem.errors import ConfigError
 from fem.eval.scaling import check_disjoint
 from fem.generation import check_backend_name
 from fem.models import resolve_model_source
+from fem.mstep.adapters import ADAPTER_CONFIG, AdapterError, verify_adapter
 from fem.proposals import check_proposal_name
 from fem.run_configs import Configs
-from fem.state import check_output_dir, run_config
-from fem.tasks import build_task, check_task_name, validate_task_data
+from fem.rundir import STATE_FILE
+from fem.state import RunState, check_output_dir, run_config
+from fem.tasks import build_task, check_task_name, input_digests, validate_task_data
 from fem.tracking import report_to_names
-from fem.utils.io import read_json
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,10 @@ def preflight(
         found = resolve_adapter(configs.eval.adapter) if adapter else None
         status = "not checked"
         if output_dir:
-            config = run_config(configs)
-            status = check_output_dir(
-                Path(configs.mstep.output_dir), config, overwrite=configs.em.overwrite_output_dir_contents
-            )
+            out = Path(configs.mstep.output_dir)
+            status = check_output_dir(out, train_config(configs), overwrite=configs.em.overwrite_output_dir_contents)
+            if status == "resume":
+                check_last_adapter(out)
     except ConfigError as e:
         raise (e.in_file(configs.recipe) if configs.recipe else e) from None
     return Preflight(
@@ -84,13 +85,23 @@ def check_calibration_split(configs: Configs) -> None:
 
 
 def check_pairwise_options(configs: Configs) -> None:
-    """Position swap and verdict balancing in the E-step need a pairwise task (a verdict between A and B)."""
+    """Position swap, verdict balancing and the debiased confidence target (both presentation orders) need a
+    pairwise task (a verdict between two candidates)."""
     options = [name for name in ("estep_position_swap", "estep_balance") if getattr(configs.estep, name)]
+    if configs.estep.confidence_target == "plain_readout_debiased":
+        options.append("confidence_target")
     if options and not build_task(configs.task).pairwise:
+        debiased = options[0] == "confidence_target"
+        what = (
+            "plain_readout_debiased averages both orders of a pair"
+            if debiased
+            else "no A/B verdict to swap or balance"
+        )
+        change = "use confidence_target plain_readout" if debiased else f"remove {options[0]}"
         raise ConfigError(
-            f"task '{configs.task.task}' is not pairwise (no A/B verdict to swap or balance)",
+            f"task '{configs.task.task}' is not pairwise ({what})",
             field=options[0],
-            fix=f"remove {options[0]}, or use a pairwise task (judge*, summarize)",
+            fix=f"{change}, or use a pairwise task (judge*, summarize)",
         )
 
 
@@ -112,24 +123,46 @@ def check_task_fields(configs: Configs) -> None:
             )
 
 
+def train_config(configs: Configs) -> dict[str, Any]:
+    """The resolved config of a training run (``config.yaml``, the fingerprint): configs plus input file digests."""
+    return run_config(configs, input_digests(configs.task))
+
+
+def check_last_adapter(output_dir: Path, field_name: str = "output_dir") -> Path | None:
+    """The adapter a resumed run loads first (its last finished round's), verified: present, complete, finite."""
+    path = RunState.load(output_dir).adapter_path(output_dir)
+    if path is not None:
+        try:
+            verify_adapter(path)
+        except AdapterError as e:
+            raise ConfigError(
+                f"the adapter of the last finished round is unusable: {e.message}",
+                field=field_name,
+                fix="restore that adapter dir from a copy, or start over in a new output_dir",
+            ) from None
+    return path
+
+
 def resolve_adapter(path: str | None) -> str | None:
-    """An adapter dir, or a training output dir (its last finished round's adapter)."""
+    """An adapter dir, or a training output dir (its last finished round's adapter, inside that dir)."""
     if not path:
         return None
     p = Path(path)
-    if (p / "adapter_config.json").is_file():
+    if (p / ADAPTER_CONFIG).is_file():
+        try:
+            verify_adapter(p)
+        except AdapterError as e:
+            raise ConfigError(e.message, field="adapter", fix="point --adapter to a complete adapter dir") from None
         return str(p)
-    if (p / "state.json").is_file():
-        last = read_json(p / "state.json").get("last_adapter")
-        # state.json records the path as the run saw it (relative to its working dir); also try it under p
-        for candidate in [Path(last), p / Path(last).parent.name / "adapter"] if last else []:
-            if (candidate / "adapter_config.json").is_file():
-                return str(candidate)
-        raise ConfigError(
-            f"{p} holds a training run with no finished adapter yet",
-            field="adapter",
-            fix="finish a round first or name an adapter dir",
-        )
+    if (p / STATE_FILE).is_file():
+        last = check_last_adapter(p, "adapter")
+        if last is None:
+            raise ConfigError(
+                f"{p} holds a training run with no finished adapter yet",
+                field="adapter",
+                fix="finish a round first or name an adapter dir",
+            )
+        return str(last)
     raise ConfigError(
         f"{p} is neither a LoRA adapter dir nor a fem training dir",
         field="adapter",

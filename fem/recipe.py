@@ -66,13 +66,56 @@ def all_fields() -> dict[str, dataclasses.Field]:
     return out
 
 
+MAX_DEPTH = 32  # a flat recipe nests two levels (task_fields, an inline deepspeed config a few more)
+TAG_FIX = "remove the tag: recipes hold plain values (Python object tags are not allowed)"
+
+
+class RecipeYAMLError(yaml.MarkedYAMLError):
+    """A YAML construct fem refuses in a recipe, with the fix to print."""
+
+    def __init__(self, problem: str, mark: yaml.Mark, fix: str):
+        super().__init__(problem=problem, problem_mark=mark)
+        self.fix = fix
+
+
 class RecipeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (plain data only: no Python tags) that also refuses a key written twice, which plain
-    YAML silently resolves to the last value."""
+    """``yaml.SafeLoader`` (plain data only: no Python tags) that also refuses a key written twice (plain YAML
+    silently keeps the last value), aliases and merge keys (an alias bomb expands a 500-byte file into gigabytes),
+    and nesting deeper than ``MAX_DEPTH`` (which would otherwise exhaust Python's recursion limit)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise RecipeYAMLError(
+                f"aliases (*{event.anchor}) are not allowed in recipes",
+                event.start_mark,
+                "write each value out in full (YAML anchors, aliases and merge keys are not supported)",
+            )
+        if self.depth >= MAX_DEPTH:
+            raise RecipeYAMLError(
+                f"values nested more than {MAX_DEPTH} levels deep",
+                event.start_mark,
+                "write a flat recipe of key: value",
+            )
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node, deep=False):
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise RecipeYAMLError(
+                    "merge keys (<<) are not supported in recipes",
+                    key_node.start_mark,
+                    "write each key out in full (YAML anchors, aliases and merge keys are not supported)",
+                )
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, typing.Hashable) and key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
@@ -81,7 +124,7 @@ class RecipeLoader(yaml.SafeLoader):
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a recipe YAML safely (no Python tags) and check it is a flat mapping."""
+    """Read a recipe YAML safely (no Python tags, aliases or deep nesting) and check it is a flat mapping."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError("recipe file not found", file=str(path), fix="check the path given to --config")
@@ -97,11 +140,10 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(
-            f"invalid YAML{where}: {problem}",
-            file=str(path),
-            fix="write plain YAML key: value pairs (Python object tags are not allowed)",
-        ) from None
+        fix = getattr(e, "fix", None)
+        if fix is None:
+            fix = TAG_FIX if "constructor for the tag" in problem else "write plain YAML key: value pairs"
+        raise ConfigError(f"invalid YAML{where}: {problem}", file=str(path), fix=fix) from None
     if data is None:
         raise ConfigError("the recipe is empty", file=str(path), fix="add at least `task:` and `model_name_or_path:`")
     if not isinstance(data, dict):
@@ -114,28 +156,38 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
-    """Does a YAML value fit a dataclass field annotation (None, bool, int, float, str, list, dict, unions)?"""
+    """Does a YAML value fit a dataclass field annotation (None, bool, int, float, str, list, dict, unions), shape
+    included: the items of a ``list[str]``, the keys and values of a ``dict[str, str]``? A text field takes only
+    text (``task: 123`` is refused, not turned into a name); a text item of a mapping or list may be a number."""
+    return _fits(value, annotation, top=True)
+
+
+def _fits(value: Any, annotation: Any, top: bool) -> bool:
     if isinstance(annotation, str):
         annotation = {"str": str, "int": int, "float": float, "bool": bool}.get(annotation, Any)
     if annotation is Any:
         return True
-    origin = typing.get_origin(annotation)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+        return any(_fits(value, arg, top) for arg in args)
     if annotation is type(None):
         return value is None
     if origin in (list, tuple) or annotation in (list, tuple):
-        return isinstance(value, (list, tuple))
+        item = args[0] if args else Any  # list[str], tuple[str, ...]
+        return isinstance(value, (list, tuple)) and all(_fits(v, item, False) for v in value)
     if origin is dict or annotation is dict:
-        return isinstance(value, dict)
+        key, item = args if len(args) == 2 else (Any, Any)
+        return isinstance(value, dict) and all(
+            _fits(k, key, False) and _fits(v, item, False) for k, v in value.items()
+        )
     if annotation is bool:
         return isinstance(value, bool)
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if annotation is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+    if annotation is str:  # a label mapping {1: A} or {true: A} has number or boolean keys
+        return isinstance(value, str) or (not top and isinstance(value, (int, float, bool)))
     if isinstance(annotation, type) and issubclass(annotation, str):  # str enums
         return isinstance(value, str)
     return True
@@ -151,7 +203,7 @@ def check_recipe_keys(data: dict[str, Any], path: str) -> None:
     hints = typing.get_type_hints
     for key, value in data.items():
         if key in RESERVED_KEYS:
-            if not isinstance(value, dict):
+            if not _fits(value, dict[str, str], top=True):
                 raise ConfigError(
                     "must be a mapping of environment variables", file=path, field=key, fix="write env: {NAME: value}"
                 )
@@ -163,13 +215,18 @@ def check_recipe_keys(data: dict[str, Any], path: str) -> None:
         owner = next(cls for cls in all_dataclasses() if key in {f.name for f in dataclasses.fields(cls)})
         annotation = hints(owner).get(key, Any)
         if key in STRING_OR_LIST_KEYS:
-            annotation = str | list
+            annotation = str | list[str]
         if value is not None and not _type_ok(value, annotation):
+            quote = (
+                " (quote it if you mean the text)"
+                if isinstance(value, (int, float)) and not isinstance(value, bool)
+                else ""
+            )
             raise ConfigError(
-                f"has the wrong type: got {type(value).__name__} {value!r:.60}",
+                f"has the wrong type or shape: got {type(value).__name__} {value!r:.60}",
                 file=path,
                 field=key,
-                fix=f"give a value of type {_describe(annotation)}",
+                fix=f"give a value of type {_describe(annotation)}{quote}",
             )
 
 

@@ -15,7 +15,7 @@ from fem.generation.base import GenerationBackend, SupportsPromptReuse
 from fem.models import load_model_and_tokenizer
 from fem.proposals import build_proposal
 from fem.proposals.base import Proposal
-from fem.readout import option_probabilities, score_completions
+from fem.readout import number_tokens, option_probabilities, score_completions
 from fem.run_configs import Configs
 from fem.tasks import build_task
 from fem.tasks.answering import training_completion
@@ -55,7 +55,8 @@ class Runtime:
         """Draw and score with ``proposal``. ``sample_answers`` (the E-step): in forced answer mode the verdict is
         sampled from the model's option probabilities; otherwise (evaluation) it is their argmax, in the
         evaluation's answer mode (``eval_answer_mode``, default ``answer_mode``) with its confidence
-        (``eval_confidence``: the read-out, or the confidence line the model writes after the verdict)."""
+        (``eval_confidence``: the read-out, the confidence line the model writes after the verdict, or the expected
+        value of that line's number)."""
         mode = self.configs.task.answer_mode
         confidence = "readout"
         if not sample_answers:
@@ -111,4 +112,15 @@ def build_runtime(configs: Configs, world: World) -> Runtime:
     )
     model.to(world.device())
     backend = build_backend(configs.em.backend, model, tokenizer)
-    return Runtime(configs=configs, task=task, model=model, tokenizer=tokenizer, backend=backend, world=world)
+    runtime = Runtime(configs=configs, task=task, model=model, tokenizer=tokenizer, backend=backend, world=world)
+    check_eval_confidence(runtime)
+    return runtime
+
+
+def check_eval_confidence(runtime: Runtime) -> None:
+    """``eval_confidence: stated_mean`` reads the number of ``' N%'`` digit by digit: a tokenizer that does not write
+    numbers so is a one-line ``ConfigError`` as soon as it is loaded, before any compute."""
+    configs, cue = runtime.configs, runtime.task.confidence_cue
+    mode = configs.eval.eval_answer_mode or configs.task.answer_mode
+    if configs.eval.eval_confidence == "stated_mean" and mode == "forced" and cue:
+        number_tokens(runtime.backend, cue)

@@ -63,8 +63,8 @@ class MStepConfig(SFTConfig):
     disable_tqdm: bool | None = field(default=True, metadata={"help": "Hide the trainer's own progress bar."})
 
     def __post_init__(self) -> None:
+        validate_fields(self)  # before TRL's own checks, which may trip over an infinite or NaN value
         super().__post_init__()
-        validate_fields(self)
 
 
 @dataclass
@@ -91,8 +91,8 @@ class FemModelConfig(ModelConfig):
     )
 
     def __post_init__(self) -> None:
+        validate_fields(self)  # before TRL's own checks, which may trip over an infinite or NaN value
         super().__post_init__()
-        validate_fields(self)
         check(
             not self.load_in_4bit and not self.load_in_8bit,
             "load_in_4bit",

@@ -7,6 +7,7 @@ Rule keys of a field's metadata:
 - ``nonempty``: the value may not be empty (nor None);
 - ``fix``: what the error tells the user to do (a choice's fix is derived from its choices).
 
+Every field, fem's or TRL's, must also be finite: a NaN or infinite number anywhere is refused (``non_finite``).
 ``None`` passes every rule but ``nonempty`` (it is how an optional field says "unset"). A failed rule is a
 ``ConfigError`` that names the field and the fix. Only the fields that fem's own classes declare are checked (a
 TRL config's fields carry TRL's own ``choices``); the recipe parser hands argparse their metadata without these
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -70,10 +72,25 @@ def check_field(name: str, value: Any, rules: Mapping[str, Any]) -> None:
         raise ConfigError(f"must be {_bounds(rules)} (got {value})", field=name, fix=rules["fix"])
 
 
+def non_finite(value: Any) -> float | None:
+    """The first NaN or infinite float in ``value`` (a number, or a list / mapping holding numbers), else None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else value
+    items = value.values() if isinstance(value, Mapping) else value if isinstance(value, (list, tuple)) else ()
+    return next((bad for item in items if (bad := non_finite(item)) is not None), None)
+
+
 def validate_fields(config: Any) -> None:
-    """Check every field fem declares on the dataclass instance ``config`` against its metadata rules."""
+    """Check every field of the dataclass instance ``config``: no field (fem's or TRL's) holds a NaN or infinite
+    number, and every field fem declares obeys its metadata rules."""
     own = fem_field_names(type(config))
     for f in dataclasses.fields(config):
+        value = getattr(config, f.name, None)
+        bad = non_finite(value)
+        if bad is not None:
+            raise ConfigError(
+                f"must be a finite number (got {bad})", field=f.name, fix=f"give {f.name} a finite value"
+            )
         rules = {key: value for key, value in f.metadata.items() if key in RULE_KEYS}
         if rules and f.name in own:
-            check_field(f.name, getattr(config, f.name), rules)
+            check_field(f.name, value, rules)

@@ -142,7 +142,7 @@ def test_bench_calibration_quick(tmp_path):
     _check_record(record, "calibration")
     rows = record["results"]
     judges = {r["judge"] for r in rows}
-    targets, variants = ("readout", "plain_readout", "empirical"), ("plain", "balanced")
+    targets, variants = ("readout", "plain_readout", "plain_readout_debiased", "empirical"), ("plain", "balanced")
     assert judges == {"base", "base + temperature scaling"} | {f"pps {t} / {v}" for t in targets for v in variants}
     scaled = next(r for r in rows if r["judge"] == "base + temperature scaling")
     assert scaled["temperature"] > 0 and scaled["calibration_prompts"] == 6  # 3 training pairs, both ways

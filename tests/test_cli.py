@@ -32,3 +32,15 @@ def test_unknown_command_is_one_line():
     out = run_fem("trian")
     assert out.returncode == 2
     assert "unknown command" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_tasks_check_refuses_a_limit_below_one(capsys):
+    """``fem tasks check --limit -5`` checked everything but the last five examples (issue 17, item 12)."""
+    import pytest
+
+    from fem.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tasks", "check", "toy_parity", "--limit", "-5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err[-1].startswith("fem tasks: error:") and "limit" in err[-1]

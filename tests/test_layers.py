@@ -15,10 +15,11 @@ PACKAGE = Path(fem.__file__).resolve().parent
 
 # bottom first: each entry is one layer, a tuple of groups (a module or a package)
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("fem", "fem.errors", "fem.utils"),
+    ("fem", "fem.errors"),
+    ("fem.utils",),
     ("fem.validation", "fem.registry"),
     ("fem.configs", "fem.trl_configs"),
-    ("fem.run_configs", "fem.metrics", "fem.calibration", "fem.sandbox"),
+    ("fem.run_configs", "fem.metrics", "fem.calibration", "fem.sandbox", "fem.rundir"),
     ("fem.recipe", "fem.state"),
     ("fem.generation", "fem.tasks"),
     ("fem.proposals",),

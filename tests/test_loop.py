@@ -213,3 +213,42 @@ def test_every_recipe_dry_runs(tmp_path, capsys, monkeypatch):
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--config", str(recipe), "--output_dir", str(tmp_path / recipe.stem), "--dry_run", *extra])
         assert exit_info.value.code == 0, f"{recipe}: {capsys.readouterr().err[-1500:]}"
+
+
+class StopMStep(Exception):
+    pass
+
+
+def test_the_mstep_trains_hinted_draws_under_the_plain_prompt(tmp_path, monkeypatch):
+    """PPS draws every rationale from the hinted prompt; the M-step must pair it with the plain prompt (the model
+    has to produce it without the answer). Issue 17, item 13: training under the hinted prompt was caught only by
+    the smoke run's accuracy. Runs the loop's own E-step and M-step on the tiny model, with the trainer replaced."""
+    from fem.loop import EMRunner
+    from fem.recipe import parse_configs
+    from fem.runtime import build_runtime
+    from fem.state import RunState
+
+    configs = parse_configs(["--config", RECIPE, "--output_dir", str(tmp_path / "run"), *FAST, "--train_limit", "8"])
+    runner = EMRunner(configs)
+    runner.runtime = build_runtime(configs, runner.world)
+    runner.train_examples = runner.runtime.task.load("train")
+    runner.state = RunState(config_hash="test", config={})
+    rdir = tmp_path / "run" / "round_000"
+    runner.estep(0, rdir)
+    samples = [json.loads(line) for line in (rdir / "samples.jsonl").read_text().splitlines()]
+    assert samples and {s["origin"] for s in samples} == {"hinted"}
+
+    trained = []
+
+    def capture(**kwargs):
+        trained.extend(kwargs["rows"])
+        raise StopMStep
+
+    monkeypatch.setattr("fem.loop.train_adapter", capture)
+    with pytest.raises(StopMStep):
+        runner.mstep(0, rdir)
+    task, by_id = runner.runtime.task, {e.id: e for e in runner.train_examples}
+    assert [row["completion"] for row in trained] == [s["completion"] for s in samples]
+    for row, sample in zip(trained, samples):
+        example = by_id[sample["example_id"]]
+        assert row["prompt"] == task.prompt(example) != task.hinted_prompt(example)

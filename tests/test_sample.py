@@ -74,3 +74,32 @@ def test_sample_bad_split_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
     assert [line for line in err.splitlines() if line.strip()][0].startswith("fem sample: error:")
+
+
+def _cli(argv, capsys):
+    import pytest
+
+    from fem.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("fem sample: error:")]
+    return exit_info.value.code, errors
+
+
+def test_sample_never_appends_to_an_existing_file(tmp_path, capsys):
+    """Issue 17, item 11: two identical runs left 16 lines for 8 traces, and ``--out`` naming the recipe appended
+    JSON lines to it. An existing file is refused (unchanged) unless ``--overwrite``, which replaces it whole."""
+    out = tmp_path / "traces.jsonl"
+    out.write_text("the user's own file\n")
+    argv = ["sample", "--config", RECIPE, "--output_dir", str(tmp_path), "--eval_limit", "2", "--max_new_tokens", "2"]
+    code, errors = _cli([*argv, "--out", str(out)], capsys)
+    assert code == 2 and len(errors) == 1 and "already exists" in errors[0] and "--overwrite" in errors[0]
+    assert out.read_text() == "the user's own file\n"
+    for _ in range(2):
+        assert _cli([*argv, "--out", str(out), "--overwrite"], capsys) == (0, [])
+        assert len(_lines(out)) == 2
+    code, errors = _cli([*argv, "--out", str(tmp_path)], capsys)
+    assert code == 2 and "is a directory" in errors[0]
+    code, errors = _cli([*argv, "--out", str(out / "under_a_file.jsonl")], capsys)
+    assert code == 2 and "field 'out'" in errors[0] and "not a directory" in errors[0]

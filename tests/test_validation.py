@@ -78,3 +78,22 @@ def test_argparse_never_sees_the_rules():
     assert scheme.choices is None  # fem checks choices itself, with its own message
     log_level = next(a for a in parser._actions if a.dest == "log_level")
     assert log_level.choices  # a TRL field keeps TRL's choices
+
+
+def float_fields() -> list[str]:
+    """Every float field of every config, fem's and TRL's (the rule applies to all of them)."""
+    return sorted(
+        {f.name for cls in all_dataclasses() for f in dataclasses.fields(cls) if f.init and "float" in str(f.type)}
+    )
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_no_numeric_field_takes_a_non_finite_value(value, tmp_path):
+    """``num_train_epochs inf`` passed --dry_run, then crashed (issue 17, item 6); the finiteness rule is one rule in
+    the validator, applied to every field."""
+    names = float_fields()
+    assert {"num_train_epochs", "learning_rate", "temperature", "max_grad_norm", "reward_threshold"} <= set(names)
+    for name in names:
+        with pytest.raises(ConfigError) as info:
+            parse_configs(["--config", SMOKE_RECIPE, "--output_dir", str(tmp_path), f"--{name}={value}"])
+        assert info.value.field == name and "finite" in info.value.message, (name, info.value.one_line())

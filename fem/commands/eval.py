@@ -15,10 +15,12 @@ from fem.proposals import build_proposal
 from fem.recipe import parse_configs
 from fem.report.render import comparison_table
 from fem.run_configs import Configs
+from fem.rundir import check_dir_path
 from fem.runtime import Runtime, build_runtime
 from fem.tasks.base import Example
 from fem.utils.distributed import current_world, is_main_process
 from fem.utils.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+from fem.utils.lock import RunLock
 from fem.utils.seeding import seed_everything
 
 
@@ -106,10 +108,20 @@ def evaluate_command(configs: Configs) -> int:
     labels = configs.eval.proposal_list or [configs.eval.eval_proposal or "ancestral"]
     splits = ("eval", "train") if configs.eval.temperature_scaling else ("eval",)
     checked = preflight(configs, splits=splits, proposals=labels, adapter=True)
+    try:
+        check_dir_path(Path(configs.mstep.output_dir))
+    except ConfigError as e:
+        raise (e.in_file(configs.recipe) if configs.recipe else e) from None
     if configs.em.dry_run:
         if is_main_process():
             print_plan("fem eval plan (dry run: no model loaded)", plan(configs, checked), width=11)
         return 0
+    # eval writes OUTPUT_DIR/eval: never while another fem process (a training run, another eval) writes there
+    with RunLock.hold(configs.mstep.output_dir, "fem eval", take=is_main_process()):
+        return _evaluate(configs, checked)
+
+
+def _evaluate(configs: Configs, checked: Preflight) -> int:
     seed = int(configs.mstep.seed)
     seed_everything(seed)
     world = current_world()

@@ -1,4 +1,5 @@
-"""``fem sample``: run any proposal on a task's prompts and write one JSON line per trace."""
+"""``fem sample``: run any proposal on a task's prompts and write one JSON line per trace to ``--out`` (atomically;
+an existing file only with ``--overwrite``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from fem.errors import ConfigError
 from fem.preflight import preflight
 from fem.proposals.base import Trace
 from fem.recipe import parse_configs
+from fem.run_configs import Configs
+from fem.rundir import check_dir_path, holds_fem_run
 from fem.runtime import build_runtime
-from fem.utils.distributed import current_world
-from fem.utils.io import JsonlWriter
+from fem.utils.distributed import current_world, is_main_process
+from fem.utils.io import write_jsonl
+from fem.utils.lock import RunLock
 from fem.utils.seeding import derive_seed, seed_everything
 
 
@@ -50,15 +54,47 @@ def trace_record(example_id: str, sample_index: int, proposal: str, trace: Trace
     }
 
 
+def pop_flag(argv: list[str], name: str) -> bool:
+    """Remove the flag ``--name`` from ``argv``; was it there?"""
+    found = name in argv
+    argv[:] = [a for a in argv if a != name]
+    return found
+
+
+def check_out_path(path: Path, overwrite: bool) -> None:
+    """``--out`` must name a file that can be written: not a directory, not under a file, and not an existing file
+    unless ``--overwrite`` (a recipe or an earlier run's traces are never appended to or replaced by accident)."""
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory", field="out", fix="name a file, e.g. --out traces.jsonl")
+    if path.exists() and not overwrite:
+        raise ConfigError(
+            f"{path} already exists", field="out", fix="choose a new file, or pass --overwrite to replace it"
+        )
+    check_dir_path(path.parent, "out")
+
+
 def main(argv: list[str]) -> int:
-    """Draw ``num_samples`` traces per prompt of ``--split`` with ``proposal`` and write them to ``--out``."""
+    """Draw ``num_samples`` traces per prompt of ``--split`` with ``proposal`` and write them to ``--out``
+    atomically (the file appears complete or not at all), holding the run lock of the dir when it writes into the
+    output dir or into a fem run dir."""
     argv = list(argv)
     split = pop_option(argv, "--split", "eval")
     out = pop_option(argv, "--out")
+    overwrite = pop_flag(argv, "--overwrite")
     configs = parse_configs(argv)
     if split not in ("train", "eval"):
         raise ConfigError(f"unknown split '{split}'", field="split", fix="use --split train or --split eval")
     preflight(configs, splits=(split,), proposals=[configs.proposal.proposal])
+    path = Path(out or Path(configs.mstep.output_dir) / "samples.jsonl")
+    check_out_path(path, overwrite)
+    lock_dir = path.parent if out is None or holds_fem_run(path.parent) else None
+    with RunLock.hold(lock_dir or path.parent, "fem sample", take=lock_dir is not None and is_main_process()):
+        if lock_dir is not None:
+            check_out_path(path, overwrite)  # again, now that no other fem process writes there
+        return draw_traces(configs, split, path)
+
+
+def draw_traces(configs: Configs, split: str, path: Path) -> int:
     seed = int(configs.mstep.seed)
     seed_everything(seed)
     world = current_world()
@@ -66,21 +102,20 @@ def main(argv: list[str]) -> int:
     examples = runtime.task.load(split)
     order = {e.id: i for i, e in enumerate(examples)}
     proposal = runtime.proposal()
-    path = Path(out or Path(configs.mstep.output_dir) / "samples.jsonl")
-    start, tokens, count = time.perf_counter(), 0, 0
-    with JsonlWriter(world.rank_file(path)) as writer:
-        for c, batch in world.chunks(examples, configs.proposal.generation_batch_size):
-            prompts = [render_prompt(runtime.tokenizer, runtime.messages(e, PLAIN)) for e in batch]
-            traces = proposal.propose(prompts, configs.eval.num_samples, seed=derive_seed(seed, "sample", c))
-            records = [
-                trace_record(e.id, i, proposal.name, t) for e, ts in zip(batch, traces) for i, t in enumerate(ts)
-            ]
-            writer.write_many(records)
-            tokens += sum(r["cost"]["tokens_decoded"] for r in records)
-            count += len(records)
-    world.merge_rank_files(path, key=lambda r: (order[r["example_id"]], r["sample_index"]), remove=True)
+    start, tokens = time.perf_counter(), 0
+    records: list[dict[str, Any]] = []
+    for c, batch in world.chunks(examples, configs.proposal.generation_batch_size):
+        prompts = [render_prompt(runtime.tokenizer, runtime.messages(e, PLAIN)) for e in batch]
+        traces = proposal.propose(prompts, configs.eval.num_samples, seed=derive_seed(seed, "sample", c))
+        records += [trace_record(e.id, i, proposal.name, t) for e, ts in zip(batch, traces) for i, t in enumerate(ts)]
+    tokens = sum(r["cost"]["tokens_decoded"] for r in records)
+    if world.size == 1:
+        write_jsonl(path, sorted(records, key=lambda r: (order[r["example_id"]], r["sample_index"])))
+    else:  # each rank's part, then the main process writes the whole file at once
+        write_jsonl(world.rank_file(path), records)
+        world.merge_rank_files(path, key=lambda r: (order[r["example_id"]], r["sample_index"]), remove=True)
     wall = time.perf_counter() - start
     print(
-        f"fem sample: {count} traces from {len(examples)} prompts with {proposal.name} -> {path} ({tokens} tokens decoded, {tokens / max(wall, 1e-9):.1f} tok/s)"
+        f"fem sample: {len(records)} traces from {len(examples)} prompts with {proposal.name} -> {path} ({tokens} tokens decoded, {tokens / max(wall, 1e-9):.1f} tok/s)"
     )
     return 0

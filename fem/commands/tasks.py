@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from fem.commands import SUMMARIES
+from fem.errors import ConfigError
 from fem.tasks.check import list_tasks, run_checks
 
 
@@ -39,4 +40,8 @@ def main(argv: list[str]) -> int:
         return 0
     if not args.names and not args.all:
         parser.error("name at least one task, or pass --all")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(
+            f"must be a positive count (got {args.limit})", field="limit", fix="drop --limit to check every example"
+        )
     return run_checks(["all"] if args.all else args.names, limit=args.limit)

@@ -1,4 +1,5 @@
-"""``fem train``: validate everything first (``--dry_run`` stops there), then run or resume the EM loop."""
+"""``fem train``: validate everything first (``--dry_run`` stops there), then run or resume the EM loop, holding the
+output dir's lock for the whole run (a second process on the same dir exits 2 naming the holder's pid)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fem.tasks import build_task
 from fem.tracking import FEM_TRACKERS, report_to_names, trainer_report_to
 from fem.utils.distributed import is_main_process
 from fem.utils.io import read_jsonl
+from fem.utils.lock import RunLock
 
 
 def main(argv: list[str]) -> int:
@@ -73,6 +75,8 @@ def pairwise_plan(configs: Configs) -> dict[str, str]:
     target = e.confidence_target
     if target == "empirical":
         target += f" (m={e.confidence_samples} plain draws, prior a={e.confidence_prior})"
+    elif target == "plain_readout_debiased":
+        target += " (P(gold candidate) averaged over both orders)"
     swaps = "both orders" if e.estep_position_swap else "as given"
     return {"confidence": f"trained 'Confidence: N%' = {target}; pairs {swaps}, balance {e.estep_balance}"}
 
@@ -83,8 +87,10 @@ def train(configs: Configs) -> int:
         if is_main_process():
             print_plan("fem train plan (dry run: no model loaded)", plan(configs, checked), width=14)
         return 0
-    runner = EMRunner(configs)
-    runner.run()
+    # one process per output dir for the whole run (under accelerate launch: the main process for all ranks)
+    with RunLock.hold(configs.mstep.output_dir, "fem train", take=is_main_process()):
+        runner = EMRunner(configs)
+        runner.run()
     if is_main_process():
         print(summary_table(runner.output_dir))
         print(f"\nfem train: finished {configs.em.rounds} round(s); outputs in {runner.output_dir}")

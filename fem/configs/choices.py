@@ -11,8 +11,8 @@ SMC_RESAMPLE_EVERY = ("block", "token")
 ANSWER_MODES = ("generate", "forced")
 TIE_POLICIES = ("drop", "third")
 DATA_FORMATS = ("auto", "fields", "preference")
-CONFIDENCE_TARGETS = ("readout", "plain_readout", "empirical")
-EVAL_CONFIDENCES = ("readout", "stated")
+CONFIDENCE_TARGETS = ("readout", "plain_readout", "plain_readout_debiased", "empirical")
+EVAL_CONFIDENCES = ("readout", "stated", "stated_mean")
 
 
 def positive_count(name: str) -> dict[str, Any]:

@@ -70,8 +70,10 @@ class EStepConfig:
         metadata={
             "help": "Tasks that state a confidence (judge, summarize): the N of the trained 'Confidence: N%'. readout: "
             "the kept draw's own read-out (after a hinted rationale under PPS: near 100%); plain_readout: P(gold "
-            "verdict) read from the plain prompt, no rationale; empirical: (k + 2a/K) / (m + 2a) over "
-            "confidence_samples plain draws, k their summed P(correct), a = confidence_prior, K options.",
+            "verdict) read from the plain prompt, no rationale (it carries the model's position bias); "
+            "plain_readout_debiased (pairwise tasks): P(gold candidate) from the plain prompt averaged over the pair "
+            "as given and swapped; empirical: (k + 2a/K) / (m + 2a) over confidence_samples plain draws, k their "
+            "summed P(correct), a = confidence_prior, K options.",
             "choices": CONFIDENCE_TARGETS,
         },
     )

@@ -63,8 +63,10 @@ class EvalConfig:
         default="readout",
         metadata={
             "help": "Forced answer mode, tasks that state a confidence: readout (the confidence is the read-out "
-            "probability of the verdict) or stated (after the forced verdict the model writes its 'Confidence:' line, "
-            "greedy: what a trained judge states; the read-out stays in the prediction's info).",
+            "probability of the verdict), stated (after the forced verdict the model writes its 'Confidence:' line, "
+            "greedy: what a trained judge states; the read-out stays in the prediction's info) or stated_mean (the "
+            "expected value of the number N in ' N%' the model would write there, 0-100, from 11 next-token read-outs; "
+            "needs a tokenizer that writes numbers digit by digit, as SmolLM2's does).",
             "choices": EVAL_CONFIDENCES,
         },
     )

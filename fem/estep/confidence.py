@@ -5,7 +5,14 @@ A kept sample is trained as ``rationale + "Verdict: <gold>" + "Confidence: N%"``
 - ``readout``: the kept draw's own read-out probability of its verdict. Under PPS (STaR's rationalizations too) the
   draw saw the gold verdict in its prompt, so N is near 100 % whatever the pair: it teaches overconfidence.
 - ``plain_readout``: the probability the model gives the gold verdict from the *plain* prompt with no rationale
-  (the cue right after the prompt). One forward pass per example; deterministic.
+  (the cue right after the prompt). One forward pass per example; deterministic. It carries the model's position
+  bias: a model that answers "A" with 0.8 whatever the pair trains 80 % on every gold-A pair and 20 % on every
+  gold-B pair.
+- ``plain_readout_debiased`` (pairwise tasks): the probability of the gold *candidate* averaged over both
+  presentation orders, ``(P(gold | pair as given) + P(swapped gold | swapped pair)) / 2``, both plain read-outs.
+  The "always A at 0.8" model gets 0.5 on every pair; a pair read 0.7 as given and 0.9 swapped trains 80 %. Two
+  forward passes per example, one when the swapped copy is drawn too (``estep_position_swap``: identical prompts are
+  read once).
 - ``empirical``: the posterior mean of P(correct) from ``m = confidence_samples`` plain draws (the scheme's own
   plain draws when it made them, fresh ones otherwise): ``(k + 2a/K) / (m + 2a)`` with ``K`` options and
   ``a = confidence_prior``. ``k`` sums, over the draws, the probability that the draw's verdict is right: its
@@ -15,9 +22,12 @@ A kept sample is trained as ``rationale + "Verdict: <gold>" + "Confidence: N%"``
   succession, whose posterior mean minimizes the expected Brier score of a single example's estimate, and which
   never states 0 % or 100 % from a handful of draws (the NLL of a wrong 100 % is unbounded).
 
-Extra plain draws made for ``empirical`` are recorded with ``reason: "confidence"`` (never trained). A draw kept
-without the reward filter with a wrong or unparsed answer (``reward_filter: false``) keeps its own completion: its
-own verdict with its own read-out confidence (a target about the gold verdict would contradict the verdict).
+``empirical`` is not debiased: its plain draws are rationales written in one order, and averaging orders would
+need as many draws again of the swapped copy (the costliest part of the target), each recorded under an example that
+is not in the round. Extra plain draws made for ``empirical`` are recorded with ``reason: "confidence"`` (never
+trained). A draw kept without the reward filter with a wrong or unparsed answer (``reward_filter: false``) keeps its
+own completion: its own verdict with its own read-out confidence (a target about the gold verdict would contradict
+the verdict).
 
 ``balance_records`` keeps the same number of kept samples per gold verdict in a round (the majority verdicts'
 excess is dropped, chosen by a seeded shuffle, and marked ``reason: "balance"``).
@@ -29,10 +39,11 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from fem.configs.choices import CONFIDENCE_TARGETS as TARGETS
 from fem.drawing import PLAIN, Sample
 from fem.tasks.base import Example
 
-TARGETS = ("readout", "plain_readout", "empirical")
+DEBIASED = "plain_readout_debiased"
 
 
 class TargetDrawer(Protocol):
@@ -69,18 +80,29 @@ def apply_confidence_targets(
     prior: float,
     options: Callable[[Example], Sequence[str] | None],
     seed: int,
+    swap: Callable[[Example], Example] | None = None,
 ) -> None:
     """Set ``target_confidence`` and rebuild the completion of every kept sample in ``draws`` (one list per
-    example; ``options(example)``: its answer options); ``empirical`` may append plain draws."""
+    example; ``options(example)``: its answer options; ``swap(example)``: the same pair with its candidates
+    exchanged and its gold verdict swapped, needed by ``plain_readout_debiased``); ``empirical`` may append plain
+    draws."""
     if target not in TARGETS:
         raise ValueError(f"unknown confidence target '{target}' (one of {', '.join(TARGETS)})")
+    if target == DEBIASED and swap is None:
+        raise ValueError(f"confidence target {DEBIASED} needs the task's swap (a pairwise task)")
     rows = [i for i, row in enumerate(draws) if any(s.kept and not s.own_target for s in row)]
     if not rows:
         return
     values: dict[int, float] = {}
-    if target == "plain_readout":
-        probs = drawer.read_out([draws[i][0].example for i in rows], PLAIN)
-        values = {i: float(p.get(draws[i][0].example.answer, 0.0)) for i, p in zip(rows, probs)}
+    if target in ("plain_readout", DEBIASED):
+        examples = [draws[i][0].example for i in rows]
+        if target == DEBIASED:
+            assert swap is not None
+            examples += [swap(e) for e in examples]  # one read-out call: both orders batched together
+        probs = [float(p.get(e.answer, 0.0)) for e, p in zip(examples, drawer.read_out(examples, PLAIN))]
+        if target == DEBIASED:
+            probs = [(given + swapped) / 2 for given, swapped in zip(probs, probs[len(rows) :])]
+        values = dict(zip(rows, probs))
     elif target == "empirical":
         _add_plain_draws(draws, rows, drawer, samples, seed)
         for i in rows:

@@ -214,6 +214,7 @@ class HFBackend:
         if len(caps) != n:
             raise ValueError(f"max_new_tokens has {len(caps)} entries for {n} prefixes")
         caches = list(caches) if caches is not None else [None] * n
+        given = [c is not None for c in caches]
         if self._prompt_cache:  # inside reuse_prompts: a prefix that extends a kept prompt starts from its KV
             caches = [
                 c if c is not None else self._prompt_cache.longest_prefix_of(p) for c, p in zip(caches, prefixes)
@@ -244,9 +245,12 @@ class HFBackend:
             src_of_row.append(sources[key])
         logits, cache, mask, next_pos, fed = self._prefill(src_prefixes, src_caches, room=max_cap)
         if self._prompt_cache.active:
+            kept_prompt = {s: caches[i] is not None and not given[i] for i, s in zip(rows, src_of_row)}
             for s, (prefix, rc) in enumerate(zip(src_prefixes, src_caches)):
                 if rc is None:
                     self._prompt_cache.remember(cache, s, mask[s], prefix)
+                elif kept_prompt[s]:  # it extended a kept prompt (a read-out's): kept if it evicts no prompt
+                    self._prompt_cache.remember(cache, s, mask[s], prefix, spare_only=True)
         stats.forward_passes += 1
         stats.tokens_encoded += sum(fed)
         seen: set[int] = set()

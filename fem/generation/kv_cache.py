@@ -182,16 +182,20 @@ class PromptCache:
     def __iter__(self) -> Iterator[tuple[int, ...]]:
         return iter(self._rows)
 
-    def remember(self, cache: PreallocatedCache, row: int, mask_row: torch.Tensor, prompt: list[int]) -> None:
-        """Keep batch row ``row`` of ``cache`` as the KV of ``prompt`` (evicting the least recently used)."""
+    def remember(
+        self, cache: PreallocatedCache, row: int, mask_row: torch.Tensor, prompt: list[int], spare_only: bool = False
+    ) -> None:
+        """Keep batch row ``row`` of ``cache`` as the KV of ``prompt`` (evicting the least recently used; with
+        ``spare_only`` only when it fits without evicting anything)."""
         key = tuple(prompt)
         if key in self._rows:
             self._rows.move_to_end(key)
             return
-        if len(key) > self.max_tokens:
+        held = sum(len(k) for k in self._rows)
+        if len(key) > self.max_tokens or (spare_only and held + len(key) > self.max_tokens):
             return
         self._rows[key] = row_cache(cache, row, mask_row, prompt)
-        held = sum(len(k) for k in self._rows)
+        held += len(key)
         while held > self.max_tokens:
             oldest, _ = self._rows.popitem(last=False)
             held -= len(oldest)

@@ -7,7 +7,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate.utils import broadcast_object_list
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from fem.errors import FemError
@@ -24,22 +26,38 @@ class AdapterError(FemError):
     """A saved adapter is missing, empty or unreadable."""
 
 
+class NonFiniteAdapterError(AdapterError):
+    """A saved adapter holds NaN or infinite values (a diverged M-step): it must never be evaluated or trained on."""
+
+
 def verify_adapter(path: str | Path) -> dict[str, Any]:
-    """Check an adapter dir holds a config and non-empty LoRA tensors; returns tensor count, values and sum |w|."""
+    """Check an adapter dir holds a readable config and non-empty, finite LoRA tensors; returns tensor count, values
+    and sum |w|. ``AdapterError`` (one line) otherwise: ``NonFiniteAdapterError`` when a value is NaN or infinite."""
     path = Path(path)
     weights, config = path / ADAPTER_WEIGHTS, path / ADAPTER_CONFIG
     if not weights.is_file() or not config.is_file():
         raise AdapterError(
             f"{path} lacks {ADAPTER_WEIGHTS} or {ADAPTER_CONFIG}", fix="re-run the M-step of this round"
         )
-    json.loads(config.read_text())
-    tensors = load_file(str(weights))
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+        tensors = load_file(str(weights))
+    except (OSError, ValueError, SafetensorError) as e:  # truncated or overwritten files
+        raise AdapterError(
+            f"{path} is damaged ({type(e).__name__}: {str(e)[:120]})", fix="re-run the M-step of this round"
+        ) from None
     numel = sum(t.numel() for t in tensors.values())
     empty = [name for name, t in tensors.items() if t.numel() == 0]
     if not tensors or numel == 0 or empty:
         raise AdapterError(
             f"{weights} holds empty tensors ({len(empty)} of {len(tensors)})",
             fix="re-run the M-step (ZeRO-3 saves need a gathered state dict)",
+        )
+    bad = [name for name, t in tensors.items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise NonFiniteAdapterError(
+            f"{weights} holds NaN or infinite values in {len(bad)} of {len(tensors)} tensors (the M-step diverged)",
+            fix="lower learning_rate or max_grad_norm, then train again in a new output_dir",
         )
     return {
         "tensors": len(tensors),
@@ -66,17 +84,21 @@ def save_adapter(trainer, adapter_dir: Path) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     trainer.save_model(str(tmp))
     accelerator.wait_for_everyone()
-    ok = True
+    ok, diverged = True, None
     if accelerator.is_main_process:
         try:
             verify_adapter(tmp)
+        except NonFiniteAdapterError as e:
+            diverged = e.message
         except AdapterError as e:
             logger.warning("adapter save was empty (%s); saving again from a gathered state dict", e)
             ok = False
     if accelerator.num_processes > 1:
-        flag = [ok]
+        flag = [ok, diverged]
         broadcast_object_list(flag, from_process=0)
-        ok = flag[0]
+        ok, diverged = flag
+    if diverged is not None:  # every rank stops with the same line; nothing is renamed into place
+        raise NonFiniteAdapterError(diverged, fix="lower learning_rate or max_grad_norm, then train again")
     if not ok:
         _gathered_save(trainer, tmp)
         accelerator.wait_for_everyone()

@@ -17,7 +17,7 @@ from transformers import PrinterCallback, TrainerCallback, set_seed
 from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from fem.errors import ConfigError
+from fem.errors import ConfigError, FemError
 from fem.mstep.adapters import save_adapter
 from fem.utils.faults import crash_point
 from fem.utils.logging import get_logger
@@ -30,6 +30,25 @@ class CrashPointCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         crash_point("mstep.step")
+
+
+class DivergedError(FemError):
+    """The M-step's loss became NaN or infinite: training stopped and no adapter was saved."""
+
+
+class FiniteLossCallback(TrainerCallback):
+    """Stops training at the first logged loss that is NaN or infinite (the logged loss is gathered across ranks,
+    so every rank stops at the same step). The M-step turns off TRL's ``logging_nan_inf_filter``, which would
+    otherwise replace such a loss by the window's mean."""
+
+    def __init__(self) -> None:
+        self.bad: tuple[int, float] | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss) and self.bad is None:
+            self.bad = (state.global_step, loss)
+            control.should_training_stop = True
 
 
 class WeightedSFTTrainer(SFTTrainer):
@@ -144,6 +163,7 @@ def train_adapter(
     args.seed = seed
     args.data_seed = seed
     args.remove_unused_columns = not weighted
+    args.logging_nan_inf_filter = False  # a NaN loss must reach FiniteLossCallback, not be averaged away
     if report_to is not None:
         args.report_to = list(report_to)
     trainer_cls = WeightedSFTTrainer if weighted else SFTTrainer
@@ -153,13 +173,22 @@ def train_adapter(
     )
     trainer.remove_callback(PrinterCallback)  # the loss curve goes to round metrics and report_to, not stdout
     trainer.add_callback(CrashPointCallback())
+    finite = FiniteLossCallback()
+    trainer.add_callback(finite)
     for callback in callbacks:
         trainer.add_callback(callback)
     result = trainer.train()
+    if finite.bad is not None or not math.isfinite(result.training_loss):
+        step, loss = finite.bad or (int(result.global_step), result.training_loss)
+        raise DivergedError(
+            f"the M-step diverged: loss {loss} at step {step} (learning_rate {args.learning_rate}); no adapter saved",
+            field="learning_rate",
+            fix="lower learning_rate (or max_grad_norm), then train again in a new output_dir",
+        )
     save_adapter(trainer, adapter_dir)
     history = [h for h in trainer.state.log_history if "loss" in h]
     metrics = {
-        "mstep/loss": float(result.training_loss) if not math.isnan(result.training_loss) else None,
+        "mstep/loss": float(result.training_loss),
         "mstep/steps": int(result.global_step),
         "mstep/samples": len(rows),
         "mstep/time_s": float(result.metrics.get("train_runtime", 0.0)),

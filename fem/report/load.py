@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from fem.utils.io import read_jsonl
+from fem.utils.io import JsonlScan, scan_jsonl
 
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
@@ -49,14 +49,19 @@ class RunData:
         )
 
     def records(self, path: Path) -> Records:
-        """``read_jsonl`` of ``path`` (cached); a torn last line is dropped and noted."""
+        """The records of a JSONL file (cached); a torn last line and damaged lines are skipped and noted (the report
+        is best effort: it shows what is readable and says what is not)."""
         if path not in self._cache:
             try:
-                self._cache[path] = [r for r in read_jsonl(path) if isinstance(r, dict)]
-            except (OSError, ValueError) as e:
-                self._cache[path] = []
+                scan = scan_jsonl(path)
+            except OSError as e:
+                scan = JsonlScan()
                 self.notes.append(f"`{self.rel(path)}` is unreadable ({type(e).__name__})")
-            if _torn(path):
+            self._cache[path] = scan.records
+            if scan.damaged:
+                lines = ", ".join(map(str, scan.damaged[:5])) + (", ..." if len(scan.damaged) > 5 else "")
+                self.notes.append(f"`{self.rel(path)}`: damaged line(s) {lines} skipped")
+            if scan.torn:
                 self.notes.append(f"`{self.rel(path)}`: torn last line ignored (the run stopped mid-write)")
         return self._cache[path]
 
@@ -75,18 +80,6 @@ class RunData:
     def setting(self, key: str, default: str = "unknown") -> str:
         value = self.config.get(key)
         return default if value in (None, "") else str(value)
-
-
-def _torn(path: Path) -> bool:
-    """Whether a JSONL file ends in a partial line."""
-    try:
-        if not path.is_file() or path.stat().st_size == 0:
-            return False
-        with open(path, "rb") as f:
-            f.seek(-1, 2)
-            return f.read(1) != b"\n"
-    except OSError:
-        return False
 
 
 def _read_json(path: Path, notes: list[str], root: Path) -> Any:

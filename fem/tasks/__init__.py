@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 from fem.configs import TaskConfig
 from fem.errors import DataError, FemError
 from fem.registry import Registry
@@ -41,6 +44,7 @@ __all__ = [
     "Task",
     "build_task",
     "check_task_name",
+    "input_digests",
     "task_class",
     "validate_task_data",
 ]
@@ -104,3 +108,21 @@ def validate_task_data(config: TaskConfig, splits: tuple[str, ...] = ("train", "
         counts[split] = len(examples)
     counts.formats = {split: task.data_format(split) for split in splits if task.data_format(split)}
     return counts
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (first 16 hex digits); ``missing`` when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(Path(path).expanduser(), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return "missing"
+    return digest.hexdigest()[:16]
+
+
+def input_digests(config: TaskConfig) -> dict[str, list[str]]:
+    """The digest of every data and template file the task reads, by role (what a run's fingerprint holds)."""
+    files = build_task(config).input_files()
+    return {role: [file_digest(p) for p in paths] for role, paths in sorted(files.items())}

@@ -106,6 +106,10 @@ class Task(ABC):
         """The examples to evaluate for position consistency (pairwise tasks add each pair swapped)."""
         return list(examples)
 
+    def swapped(self, example: Example) -> Example:
+        """Pairwise tasks: the same pair with its two candidates exchanged and its gold verdict swapped."""
+        raise TypeError(f"task '{self.name}' is not pairwise: its examples have no swapped copy")
+
     def wrong_answer_text(self, example: Example) -> str | None:
         """A deliberately wrong answer written after the cue, for ``fem tasks check`` (None: not checked)."""
         return None
@@ -113,6 +117,11 @@ class Task(ABC):
     def files(self, split: str) -> list[str]:
         """The data files ``split`` reads (empty when it generates its data or reads no file)."""
         return []
+
+    def input_files(self) -> dict[str, list[str]]:
+        """Every file the task reads, by role (``train``, ``eval``, ``templates``): a run's fingerprint holds their
+        digests, so that a resume never mixes samples drawn from other data or prompts."""
+        return {"train": self.files("train"), "eval": self.files("eval"), "templates": []}
 
     def data_format(self, split: str) -> str | None:
         """How the last load of ``split`` read its file, when worth saying (e.g. "preference (conversational, ...)")."""

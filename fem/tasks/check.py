@@ -37,7 +37,7 @@ def check_task(name: str, limit: int | None = None, workers: int = 2) -> dict[st
             if not task.files(split) and not name.startswith("toy_"):
                 continue
             examples += task.load(split)
-        if limit:
+        if limit is not None:
             examples = examples[:limit]
         examples = list({e.id: e for e in examples}.values())
 

@@ -42,6 +42,7 @@ class ChoiceTask(DataTask):
     answer_cue: ClassVar[str] = "The answer is ("
     answer_markers: ClassVar[tuple[str, ...]] = ("The answer is", "the answer is", "Answer:")
     required_fields: ClassVar[tuple[str, ...]] = ("question", "choices", "answer")
+    text_fields: ClassVar[tuple[str, ...]] = ("question",)
     label_field: ClassVar[str | None] = "answer"
     plain_template: ClassVar[str] = "choice.txt"
     hinted_template: ClassVar[str] = "choice_hinted.txt"
@@ -186,6 +187,7 @@ class GPQATask(ChoiceTask):
     name: ClassVar[str] = "gpqa"
     id_prefix: ClassVar[str] = "gpqa"
     required_fields: ClassVar[tuple[str, ...]] = ("question", "correct", "incorrect")
+    text_fields: ClassVar[tuple[str, ...]] = ("question", "correct")
     label_field: ClassVar[str | None] = None
     sources: ClassVar[dict[str, Source]] = {}
     shuffle_seed: ClassVar[str] = "gpqa"

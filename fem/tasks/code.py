@@ -114,6 +114,7 @@ class HumanEvalTask(CodeTask):
 
     name: ClassVar[str] = "humaneval"
     required_fields: ClassVar[tuple[str, ...]] = ("id", "prompt", "entry_point", "canonical_solution", "test")
+    text_fields: ClassVar[tuple[str, ...]] = ("prompt", "entry_point", "canonical_solution", "test")
     plain_template: ClassVar[str] = "code_humaneval.txt"
     hinted_template: ClassVar[str] = "code_humaneval_hinted.txt"
     sources = {
@@ -157,6 +158,7 @@ class MBPPTask(CodeTask):
 
     name: ClassVar[str] = "mbpp"
     required_fields: ClassVar[tuple[str, ...]] = ("id", "text", "code", "tests")
+    text_fields: ClassVar[tuple[str, ...]] = ("text", "code")
     plain_template: ClassVar[str] = "code_mbpp.txt"
     hinted_template: ClassVar[str] = "code_mbpp_hinted.txt"
     sources = {

@@ -40,6 +40,7 @@ class DataTask(Task):
     sources: ClassVar[Mapping[str, Source]] = {}
     required_fields: ClassVar[tuple[str, ...]] = ()
     allow_empty: ClassVar[tuple[str, ...]] = ()  # required fields that may hold an empty string
+    text_fields: ClassVar[tuple[str, ...]] = ()  # fields that must hold text (a prompt, a response), not JSON data
     label_field: ClassVar[str | None] = None
     allowed_labels: ClassVar[tuple[str, ...]] = ()
     plain_template: ClassVar[str] = ""
@@ -74,6 +75,11 @@ class DataTask(Task):
         source = self.sources.get(split)
         return [str(p) for p in source.paths()] if source else []
 
+    def input_files(self) -> dict[str, list[str]]:
+        """The data files of both splits (those that exist) and the prompt templates read from files."""
+        templates = [t.origin for t in (self._plain, self._hinted) if t.origin != "<inline>"]
+        return {**{split: self.files(split) for split in SPLITS}, "templates": templates}
+
     def field_map(self, split: str) -> dict[str, str]:
         source = self.sources.get(split) or self.sources.get("eval") or next(iter(self.sources.values()), None)
         fields = dict(source.fields) if source else {}
@@ -97,6 +103,7 @@ class DataTask(Task):
             labels=labels,
             allowed_labels=self.allowed_labels or None,
             allow_empty=self.allow_empty,
+            text_fields=self.text_fields,
         )
         if user:
             return self.read_user_file(Path(user).expanduser(), split, fields, kwargs)

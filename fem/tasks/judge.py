@@ -80,6 +80,7 @@ class PairwiseTask(DataTask):
     pairwise: ClassVar[bool] = True
     answer_markers: ClassVar[tuple[str, ...]] = ("Verdict:", "Confidence:")
     label_field: ClassVar[str | None] = "label"
+    text_fields: ClassVar[tuple[str, ...]] = ("prompt", "response_a", "response_b", "post", "summary_a", "summary_b")
     allow_empty: ClassVar[tuple[str, ...]] = (
         "response_a",
         "response_b",

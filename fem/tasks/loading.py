@@ -14,6 +14,8 @@ import hashlib
 import io
 import json
 import logging
+import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +64,7 @@ def _read_text(path: Path) -> str:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as exc:
             raise DataError(
-                f"is not a valid gzip file ({exc})",
+                f"is not a valid gzip file ({type(exc).__name__})",
                 file=str(path),
                 fix="re-compress it with gzip or remove the .gz suffix",
             ) from None
@@ -250,13 +252,15 @@ def load_records(
     labels: Mapping[Any, Any] | None = None,
     allowed_labels: Sequence[str] | None = None,
     allow_empty: Sequence[str] = (),
+    text_fields: Sequence[str] = (),
 ) -> list[Record]:
     """Rows of ``path`` mapped to canonical fields, validated.
 
     ``fields`` maps canonical name -> column (dotted paths allowed). A required field that is missing, null or
     blank (unless listed in ``allow_empty``: then only a missing or null value is) is an error. If ``label_field`` is given its raw value is mapped through ``labels`` (raw value ->
     task label; keys compared as strings, so YAML ``1:`` matches the JSON value ``1``) and must end in
-    ``allowed_labels`` (compared case-insensitively).
+    ``allowed_labels`` (compared case-insensitively). A NaN or infinite number in any field is an error, and so is a
+    JSON object, list or boolean in one of ``text_fields`` (it would otherwise be stringified into a prompt).
     """
     file = str(path)
     rows, where = read_rows(path)
@@ -272,10 +276,11 @@ def load_records(
                 value = None
             if value is None and name in allow_empty and is_csv and column in row:  # an empty CSV cell
                 value = ""
+            check_value(value, name, column, loc, file, text=name in text_fields)
             if value is None and name in required:
-                columns = ", ".join(list(row)[:12])
+                columns = shown_columns(row)
                 raise DataError(
-                    f"{loc}: missing value for '{name}' (expected in column '{column}'; this row has: {columns})",
+                    f"{loc}: missing value for '{name}' (expected in column '{column}'; {columns})",
                     file=file,
                     field=column,
                     fix=f"add '{column}' to every row, or map your column with task_fields: {{{name}: YOUR_COLUMN}}",
@@ -303,6 +308,37 @@ def load_records(
             record[label_field] = allowed.get(key.upper(), key)
         records.append(record)
     return records
+
+
+COLUMN_NAME = re.compile(r"^[\w .()/-]{1,64}$")
+JSON_TYPES = {dict: "object", list: "array", tuple: "array", bool: "boolean"}
+
+
+def shown_columns(row: Mapping[str, Any]) -> str:
+    """The row's column names for an error line, or a note when they do not look like names: the "header" of a
+    file that is not a data file (a CSV's first line) is its content, and an error line never echoes content."""
+    names = [str(name) for name in row]
+    if names and all(COLUMN_NAME.match(name) for name in names):
+        return f"this row has: {', '.join(names[:12])}" + (", ..." if len(names) > 12 else "")
+    return "its column names are not shown: they do not look like a header"
+
+
+def check_value(value: Any, name: str, column: str, loc: str, file: str, *, text: bool) -> None:
+    """A NaN or infinite number is never data; a text field takes text (or a number), not JSON structure."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DataError(
+            f"{loc}: '{name}' holds {value}, which is not a value",
+            file=file,
+            field=column,
+            fix="replace it with the real value or remove the row",
+        )
+    if text and (isinstance(value, bool) or value is not None and not isinstance(value, (str, int, float))):
+        raise DataError(
+            f"{loc}: '{name}' must be text, not a JSON {JSON_TYPES.get(type(value), type(value).__name__)}",
+            file=file,
+            field=column,
+            fix=f"write '{column}' as a string in every row (or map another column with task_fields)",
+        )
 
 
 def record_error(record: Record, field_name: str, message: str, fix: str) -> DataError:

@@ -96,6 +96,7 @@ class MathTask(DataTask):
     answer_markers: ClassVar[tuple[str, ...]] = ("The answer is", "the answer is", "\\boxed", "####")
     forced_stop: ClassVar[str] = "\n"
     required_fields: ClassVar[tuple[str, ...]] = ("problem", "answer")
+    text_fields: ClassVar[tuple[str, ...]] = ("problem",)
     plain_template: ClassVar[str] = "math.txt"
     hinted_template: ClassVar[str] = "math_hinted.txt"
     id_prefix: ClassVar[str] = "math"

@@ -1,4 +1,5 @@
-"""Crash-safe file IO: atomic JSON/YAML writes, fsynced JSONL appends, readers that survive a torn last line."""
+"""Crash-safe file IO: atomic JSON/YAML writes, fsynced JSONL appends, and JSONL readers that drop only a torn last
+line (a crash mid-append) and refuse any other damaged line."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fem.errors import FemError
 from fem.utils.faults import crash_point
 
 
@@ -93,9 +96,13 @@ class JsonlWriter:
         self.write_many([record])
 
     def write_many(self, records: Iterable[dict[str, Any]]) -> None:
-        lines = "".join(json_line(r) for r in records)
-        if lines:
-            self._file.write(lines)
+        self.write_lines([json_line(r) for r in records])
+
+    def write_lines(self, lines: Iterable[str]) -> None:
+        """Append lines made by ``json_line`` in one write, then fsync."""
+        text = "".join(lines)
+        if text:
+            self._file.write(text)
             self._file.flush()
             os.fsync(self._file.fileno())
 
@@ -109,26 +116,63 @@ class JsonlWriter:
         self.close()
 
 
-def read_jsonl(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]]:
-    """Read a JSONL file written by ``JsonlWriter``. A torn last line (a crash mid-write) is dropped; with
-    ``repair=True`` the file is also truncated to its last complete line so appends continue cleanly."""
+@dataclass
+class JsonlScan:
+    """What a JSONL file holds: its records (with each one's raw line and 1-based line number), the numbers of the
+    damaged lines (not JSON objects, or not terminated but followed by more data), and whether the last line is
+    torn (an unterminated last line: a crash in the middle of an append)."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)
+    line_numbers: list[int] = field(default_factory=list)
+    damaged: list[int] = field(default_factory=list)
+    torn: bool = False
+    good_end: int = 0  # bytes up to the end of the last terminated line
+
+
+def scan_jsonl(path: str | Path) -> JsonlScan:
+    """Read every line of a JSONL file without stopping at a damaged one (a missing file holds nothing)."""
     path = Path(path)
+    scan = JsonlScan()
     if not path.exists():
-        return []
-    data = path.read_bytes()
-    records: list[dict[str, Any]] = []
-    good_end = 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
+        return scan
+    *lines, tail = path.read_bytes().split(b"\n")  # only "\n" ends a line ("\r" is a damaged byte, not an end)
+    scan.torn = bool(tail)  # the last line lacks its newline
+    for number, body in enumerate(lines, start=1):
+        line = body + b"\n"
+        scan.good_end += len(line)
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        good_end += len(line)
-    if repair and good_end != len(data):
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            record = None
+        if isinstance(record, dict):
+            scan.records.append(record)
+            scan.raw.append(line)
+            scan.line_numbers.append(number)
+        else:  # fem's writers never write a blank line or a non-object either
+            scan.damaged.append(number)
+    return scan
+
+
+class DamagedFileError(FemError):
+    """A JSONL file has a damaged line that is not a torn last line: its records cannot be trusted to be complete."""
+
+
+def read_jsonl(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """The records of a JSONL file written by ``JsonlWriter``. Only a torn last line (a crash mid-append) is
+    dropped, and with ``repair=True`` cut off so that appends continue cleanly; any other damaged line raises
+    ``DamagedFileError`` naming the file and the line (never a silent loss of the records after it)."""
+    scan = scan_jsonl(path)
+    if scan.damaged:
+        more = f" (and {len(scan.damaged) - 1} more)" if len(scan.damaged) > 1 else ""
+        raise DamagedFileError(
+            f"line {scan.damaged[0]}{more} is not a JSON object: the file was damaged after it was written",
+            file=str(path),
+            fix="restore the file from a copy, or remove the damaged line if losing that record is acceptable",
+        )
+    if repair and scan.torn:
         with open(path, "r+b") as f:
-            f.truncate(good_end)
+            f.truncate(scan.good_end)
             f.flush()
             os.fsync(f.fileno())
-    return records
+    return scan.records

@@ -4,6 +4,7 @@ confidences, position swap and verdict balancing through the chunked runner."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch
 from fem.configs import EStepConfig, TaskConfig
 from fem.drawing import HINTED, ProposalDrawer
 from fem.estep.confidence import apply_confidence_targets
-from fem.estep.runner import kept_samples, run_estep
+from fem.estep.runner import check_samples, kept_samples, run_estep
 from fem.estep.schemes import PPSScheme
 from fem.generation.base import Continuation, DecodeStats
 from fem.proposals.base import Cost, Trace
@@ -162,6 +163,152 @@ def test_swap_draws_both_orders_and_balance_equalizes_kept_verdicts(tmp_path):
     assert balanced["estep/mean_target_confidence"] == pytest.approx(mean_target)  # of what is trained
     resumed = run_estep(round_dir=tmp_path / "balanced", balance_seed=11, **kwargs)  # every chunk already done
     assert resumed == balanced and kept_samples(tmp_path / "balanced") == kept
+    # balancing leaves samples.jsonl as drawn: the pre-M-step check against the E-step's record still holds
+    assert check_samples(tmp_path / "balanced", num_chunks=3) == []
+    assert len(kept_samples(tmp_path / "plain")) > len(kept)
+
+
+class OrderBackend(CharBackend):
+    """P(A) after a prompt is ``p_a[first]``, ``first`` the candidate shown first in it (the prompt names both)."""
+
+    def __init__(self, p_a: dict[str, float]):
+        super().__init__(p_a=0.5)
+        self.table, self.prompts = p_a, []
+
+    def next_token_logprobs(self, prefixes):
+        rows = []
+        for prefix in prefixes:
+            text = self.decode(prefix)
+            self.prompts.append(text)
+            first = min(self.table, key=lambda c: text.find(c) if c in text else len(text))
+            self.p_a = self.table[first]
+            rows.append(super().next_token_logprobs([prefix])[0])
+        return torch.stack(rows)
+
+
+def pair_drawer(backend):
+    """The judge drawer on ``backend`` with prompts that show both candidates in their order."""
+    task, drawer = judge_drawer(backend)
+    drawer.render = lambda e, origin: backend.encode(f"{e.fields['response_a']} | {e.fields['response_b']}")
+    return task, drawer
+
+
+def kept_target(task, drawer, example, target):
+    draws = drawer.draw([example], HINTED, 1, seed=0)
+    draws[0][0].kept = True
+    apply_confidence_targets(
+        draws, drawer, target=target, samples=4, prior=1.0, options=task.options, seed=0, swap=task.swapped
+    )
+    return draws[0][0]
+
+
+def test_debiased_target_gives_a_judge_that_always_says_a_at_0_8_a_half_on_every_pair():
+    task, drawer = pair_drawer(CharBackend(p_a=0.8))
+    for gold in ("A", "B"):
+        biased = kept_target(task, drawer, pair(0, gold), "plain_readout")
+        assert biased.target_confidence == pytest.approx(0.8 if gold == "A" else 0.2)
+        sample = kept_target(task, drawer, pair(0, gold), "plain_readout_debiased")
+        assert sample.target_confidence == pytest.approx(0.5)
+        assert sample.completion.endswith(f"Verdict: {gold}\nConfidence: 50%")
+
+
+def test_debiased_target_of_a_pair_read_0_7_as_given_and_0_9_swapped_trains_80():
+    # gold A = "one 0": shown first it gets P(A) = 0.7; swapped, "two 0" comes first and P(B) = P(one 0) = 0.9
+    backend = OrderBackend({"one 0": 0.7, "two 0": 0.1})
+    task, drawer = pair_drawer(backend)
+    sample = kept_target(task, drawer, pair(0, "A"), "plain_readout_debiased")
+    assert sample.target_confidence == pytest.approx(0.8)
+    assert sample.completion == "Both answer the question.\n\nVerdict: A\nConfidence: 80%"
+    assert kept_target(task, drawer, pair(0, "A"), "plain_readout").target_confidence == pytest.approx(0.7)
+    # the pair and its swapped copy both kept (estep_position_swap): the same two prompts, each read once
+    draws = drawer.draw(task.with_swaps([pair(0, "A")]), HINTED, 1, seed=0)
+    for row in draws:
+        row[0].kept = True
+    backend.prompts.clear()
+    apply_confidence_targets(
+        draws, drawer, target="plain_readout_debiased", samples=4, prior=1.0, options=task.options, seed=0,
+        swap=task.swapped,
+    )  # fmt: skip
+    assert [row[0].target_confidence for row in draws] == pytest.approx([0.8, 0.8])
+    assert sorted(backend.prompts) == ["one 0 | two 0Verdict: ", "two 0 | one 0Verdict: "]
+
+
+def test_debiased_target_on_a_task_that_is_not_pairwise_is_a_one_line_config_error(capsys):
+    from fem.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--config", "recipes/smoke/tiny_cpu.yaml", "--confidence_target", "plain_readout_debiased",
+              "--dry_run"])  # fmt: skip
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "model shards" not in line]
+    assert info.value.code == 2 and len(err) == 1, err  # (the tiny model is written on first use: not an error)
+    assert "task 'toy_parity' is not pairwise" in err[0] and "confidence_target" in err[0]
+
+
+class NumberBackend(CharBackend):
+    """After ``Confidence:`` + ``tail`` the next character's probabilities are ``table[tail]`` (unlisted digits and
+    ``%`` get none, every other character a little); before it, P(A) = 0.6; greedy generation writes ``script``."""
+
+    def __init__(self, table, script):
+        super().__init__(p_a=0.6, script=script)
+        self.table, self.rows_read = table, 0
+
+    def next_token_logprobs(self, prefixes):
+        rows = super().next_token_logprobs(prefixes)
+        for i, prefix in enumerate(prefixes):
+            text = self.decode(prefix)
+            if "Confidence:" in text:
+                self.rows_read += 1
+                probs = self.table.get(text.rsplit("Confidence:", 1)[1], {})
+                for ch in "0123456789%":
+                    rows[i, ord(ch)] = math.log(probs[ch]) if ch in probs else -1e9
+        return rows
+
+
+def test_stated_mean_is_the_expected_number_under_constrained_decoding():
+    table = {
+        " ": {"7": 0.5, "1": 0.25, "0": 0.25},
+        " 7": {"%": 0.2, "5": 0.8},  # 7 or 75
+        " 1": {"%": 0.5, "0": 0.5},  # 1, or 10 / 100
+        " 10": {"%": 0.5, "0": 0.5},
+        " 0": {"%": 0.1, "5": 0.9},  # "05" is not a number: 0 for sure
+    }
+    backend = NumberBackend(table, script=" 75%")
+    _, drawer = judge_drawer(backend, confidence="stated_mean")
+    (sample,) = drawer.draw([pair(0, "A")], "plain", 1, seed=0)[0]
+    p = sample.prediction
+    # 0.5 * (0.2 * 7 + 0.8 * 75) + 0.25 * (0.5 * 1 + 0.5 * (0.5 * 10 + 0.5 * 100)) + 0.25 * 0 = 37.7
+    assert p.confidence == pytest.approx(0.377) and p.info["stated_mean"] == pytest.approx(0.377)
+    assert p.info["stated_value"] == pytest.approx(0.75) and p.info["stated"] == " 75%"  # the greedy line
+    assert p.info["readout"] == pytest.approx(0.6) and backend.rows_read == 11
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ({" ": {"1": 1.0}, " 1": {"0": 1.0}, " 10": {"0": 1.0}}, 1.0),  # always 100
+        ({" ": {"0": 1.0}}, 0.0),  # always 0
+        ({" ": {"5": 1.0}, " 5": {"%": 0.5, "0": 0.25, "9": 0.25}}, 0.5 * 0.05 + 0.25 * 0.5 + 0.25 * 0.59),
+        ({" ": {str(d): 0.1 for d in range(10)}, **{f" {d}": {"%": 1.0} for d in range(1, 10)}}, 0.045),  # 0..9
+    ],
+)
+def test_stated_mean_on_hand_computed_tables(table, expected):
+    backend = NumberBackend(table, script=" 50%")
+    _, drawer = judge_drawer(backend, confidence="stated_mean")
+    draws = drawer.draw([pair(i, "AB"[i % 2]) for i in range(3)], "plain", 1, seed=0)  # 33 rows, in 3 calls of <= 16
+    assert [row[0].prediction.confidence for row in draws] == pytest.approx([expected] * 3)
+    assert backend.rows_read == 33
+
+
+def test_stated_mean_refuses_a_tokenizer_that_does_not_write_numbers_digit_by_digit():
+    from fem.errors import FemError
+
+    class Merged(NumberBackend):
+        def encode(self, text):
+            return [200 if tok == "10" else ord(tok) for tok in re.findall(r"10|.", text, flags=re.S)]
+
+    _, drawer = judge_drawer(Merged({}, script=" 10%"), confidence="stated_mean")
+    with pytest.raises(FemError, match=r"digit by digit: '\\nConfidence: 10%' encodes as \[10, 67"):
+        drawer.draw([pair(0, "A")], "plain", 1, seed=0)
 
 
 def test_a_draw_kept_unfiltered_keeps_its_own_verdict_and_confidence():

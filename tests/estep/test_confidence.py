@@ -126,3 +126,23 @@ def test_balance_drops_the_majority_verdicts_excess_reproducibly():
     assert again == out and info_again == info  # idempotent: a resumed E-step reports the same counts
     only_a = [_record("a", 0, "A"), _record("b", 0, "A")]
     assert balance_records(only_a, seed=0) == (only_a, {"kept_by_gold": {"A": 2}, "dropped": 0, "balanced": False})
+
+
+def _swap(example):
+    return Example(example.id + ":s", {"A": "B", "B": "A"}[example.answer])
+
+
+def test_plain_readout_debiased_averages_the_gold_candidate_over_both_orders():
+    # x (gold A) reads P(gold) 0.7 as given and 0.9 swapped; y (gold B) 0.2 and 0.4
+    drawer = Drawer(p_plain={}, readout={"x": 0.7, "x:s": 0.9, "y": 0.2, "y:s": 0.4, "z": 0.5, "z:s": 0.5})
+    reads = []
+    read_out = drawer.read_out
+    drawer.read_out = lambda examples, origin: reads.append([e.id for e in examples]) or read_out(examples, origin)
+    draws = hinted_round(drawer)
+    kwargs = dict(samples=4, prior=1.0, options=OPTIONS, seed=0)
+    apply_confidence_targets(draws, drawer, target="plain_readout_debiased", swap=_swap, **kwargs)
+    assert draws[0][0].target_confidence == pytest.approx(0.8) and draws[0][0].completion.endswith("Confidence: 80%")
+    assert draws[1][0].target_confidence == pytest.approx(0.3)
+    assert reads == [["x", "y", "x:s", "y:s"]]  # both orders in one read-out call, only rows with a kept sample
+    with pytest.raises(ValueError, match="needs the task's swap"):
+        apply_confidence_targets(draws, drawer, target="plain_readout_debiased", **kwargs)

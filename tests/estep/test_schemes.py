@@ -202,3 +202,52 @@ def test_drawer_refuses_a_proposal_that_drops_rows():
     drawer = ProposalDrawer(task=None, proposal=Short(), render=lambda e, o: [1], score=None, train_completion=None)
     with pytest.raises(ProposalError, match="returned 1 trace lists for 2 prompts"):
         drawer.draw(EXAMPLES[:2], PLAIN, 2, seed=0)
+
+
+@dataclass
+class GradedDrawer:
+    """Attempt ``a`` of every example scores ``REWARDS[a]`` (a graded reward, as partial test passes give)."""
+
+    def draw(self, examples, origin, n, *, seed):
+        out = []
+        for e in examples:
+            row = []
+            for a in range(n):
+                trace = Trace(token_ids=[1], text=f"rationale {a} for {e.id}", logp=[-1.0])
+                pred = Prediction(example_id=e.id, completion=trace.text, extracted="x", reward=GRADED[a])
+                row.append(
+                    Sample(example=e, origin=origin, attempt=a, trace=trace, prediction=pred, completion=trace.text)
+                )
+            out.append(row)
+        return out
+
+
+GRADED = [0.0, 0.3, 0.6, 1.0]
+
+
+@pytest.mark.parametrize(
+    "threshold, kept",
+    [(1.0, [False, False, False, True]), (0.5, [False, False, True, True]), (0.3, [False, True, True, True]),
+     (0.0, [False, True, True, True])],
+)  # fmt: skip
+def test_the_reward_threshold_keeps_exactly_the_draws_at_or_above_it_and_never_a_zero_reward(threshold, kept):
+    """Issue 17, item 13: a filter that ignored the threshold, or kept reward-0 draws at threshold 0, passed."""
+    config = EStepConfig(scheme="rejection", estep_samples=4, estep_max_keep=4, reward_threshold=threshold)
+    draws = RejectionScheme(config).run(EXAMPLES[:2], GradedDrawer(), seed=0)
+    for d in draws:
+        assert [s.kept for s in d] == kept
+        assert all(s.reason == "reward" for s in d if not s.kept)
+
+
+def test_kept_samples_never_returns_a_rejected_row_when_rejected_rows_are_saved(tmp_path):
+    """With ``save_rejected`` the samples file also holds rejected draws; the M-step reads ``kept_samples``, which
+    must return the kept ones only (issue 17, item 13)."""
+    scheme = RejectionScheme(EStepConfig(scheme="rejection", estep_samples=4, estep_max_keep=4, reward_threshold=0.5))
+    run_estep(
+        round_index=0, examples=EXAMPLES, scheme=scheme, drawer=GradedDrawer(), proposal_name="graded",
+        round_dir=tmp_path, chunk_size=4, seed=0, world=World(), save_rejected=True,
+    )  # fmt: skip
+    rows = [__import__("json").loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 * len(EXAMPLES) and sum(not r["kept"] for r in rows) == 2 * len(EXAMPLES)
+    kept = kept_samples(tmp_path)
+    assert len(kept) == 2 * len(EXAMPLES) and all(r["kept"] and r["reward"] >= 0.5 for r in kept)

@@ -241,12 +241,19 @@ def test_readout_reuses_the_prompts_generate_encoded(tiny_backend):
         tiny_backend.generate(prompts, SamplingParams(), 5, generator=torch.Generator().manual_seed(0))
         kept = len(tiny_backend._prompt_cache)
         reused_open = tiny_backend.generate_cached(readouts, SamplingParams(temperature=0), 4)
-        assert len(tiny_backend._prompt_cache) == kept  # read-out prefixes are not kept themselves
+        # the read-out prefixes are kept too (room permitting): read-outs after them (stated_mean) start there
+        assert len(tiny_backend._prompt_cache) == kept + len(readouts)
+        start = tiny_backend.readout_tokens_encoded
+        after = tiny_backend.next_token_logprobs([r + cue[-1:] for r in readouts])
+        assert tiny_backend.readout_tokens_encoded - start == len(readouts)
     fresh_open = tiny_backend.generate_cached(readouts, SamplingParams(temperature=0), 4)
     assert reused_open.encoded == [len(r) - len(p) for r, p in zip(readouts, prompts)]
     assert [c.token_ids for c in reused_open.continuations] == [c.token_ids for c in fresh_open.continuations]
+    assert torch.allclose(after, tiny_backend.next_token_logprobs([r + cue[-1:] for r in readouts]), atol=1e-4)
 
     small = HFBackend(tiny_backend.model, tiny_backend.tokenizer, prompt_cache_tokens=len(prompts[0]) + 1)
     with small.reuse_prompts():
         small.generate(prompts[:2], SamplingParams(temperature=0), 2)
         assert list(small._prompt_cache) == [tuple(prompts[1])]  # the older prompt was evicted
+        small.generate(readouts[1:2], SamplingParams(temperature=0), 2)
+        assert list(small._prompt_cache) == [tuple(prompts[1])]  # a read-out prefix never evicts a prompt

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SMOKE_RECIPE
 
 from fem.errors import ConfigError
 
@@ -165,3 +166,88 @@ def test_mstep_leaves_the_run_config_as_the_recipe_said(tiny, tmp_path):
     )
     assert (tmp_path / "round_003" / "trainer").is_dir()  # the round's copy wrote there
     assert {k: getattr(args, k) for k in before} == before
+
+
+def test_a_diverging_mstep_is_refused_with_one_line_and_saves_no_adapter(tiny, tmp_path):
+    """``learning_rate 1e30`` made every adapter value NaN, and the adapter was "verified" and evaluated (issue 17,
+    item 6). Now the M-step stops at the first non-finite loss and no adapter is written."""
+    from fem.errors import FemError
+    from fem.mstep.sft import train_adapter
+
+    model, tokenizer = tiny
+    with pytest.raises(FemError) as info:
+        train_adapter(
+            base_model=model,
+            tokenizer=tokenizer,
+            rows=ROWS,
+            args=make_args(tmp_path, learning_rate=1e30, num_train_epochs=3),
+            peft_config=peft_config(),
+            adapter_dir=tmp_path / "adapter",
+            init_adapter=None,
+            weighted=False,
+            seed=0,
+        )
+    line = info.value.one_line()
+    assert "diverged" in line and "learning_rate" in line and "\n" not in line
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_an_adapter_holding_nan_fails_verification(tmp_path):
+    from safetensors.torch import save_file
+
+    from fem.mstep.adapters import AdapterError, verify_adapter
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    save_file(
+        {"lora_A": torch.ones(2, 2), "lora_B": torch.full((2, 2), float("nan"))},
+        tmp_path / "adapter_model.safetensors",
+    )
+    with pytest.raises(AdapterError, match="NaN or infinite"):
+        verify_adapter(tmp_path)
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"\x00" * 10)  # truncated: one line, not a traceback
+    with pytest.raises(AdapterError, match="damaged"):
+        verify_adapter(tmp_path)
+
+
+class StopBeforeTraining(Exception):
+    pass
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_production_mstep_puts_only_completion_tokens_in_the_loss(weighted, tiny, tmp_path, monkeypatch):
+    """The trainer ``train_adapter`` builds from the recipe's own ``MStepConfig`` (what the loop passes) labels the
+    completion only: no prompt token is in the loss (issue 17, item 13: switching completion-only loss off inside
+    the production M-step survived every test that built its own trainer)."""
+    from transformers import Trainer
+
+    from fem.mstep.sft import train_adapter
+    from fem.recipe import parse_configs
+
+    model, tokenizer = tiny
+    batches = []
+
+    def first_batch_then_stop(self, *args, **kwargs):
+        batches.append(dict(next(iter(self.get_train_dataloader()))))
+        raise StopBeforeTraining
+
+    monkeypatch.setattr(Trainer, "train", first_batch_then_stop)
+    configs = parse_configs(["--config", SMOKE_RECIPE, "--output_dir", str(tmp_path / "run")])
+    with pytest.raises(StopBeforeTraining):
+        train_adapter(
+            base_model=model,
+            tokenizer=tokenizer,
+            rows=ROWS,
+            args=configs.mstep,
+            peft_config=peft_config(),
+            adapter_dir=tmp_path / "adapter",
+            init_adapter=None,
+            weighted=weighted,
+            seed=0,
+        )
+    batch = batches[0]
+    assert len(batch["input_ids"]) == min(len(ROWS), configs.mstep.per_device_train_batch_size)
+    for ids, labels in zip(batch["input_ids"], batch["labels"]):
+        trained = tokenizer.decode(ids[labels != -100])
+        ignored = tokenizer.decode(ids[(labels == -100) & (ids != tokenizer.pad_token_id)])
+        assert "what is" not in trained and "what is" in ignored, (trained, ignored)
+        assert "The answer is" in trained

@@ -1,6 +1,8 @@
 """Hostile input corpus (tests/reliability/bad_inputs/): every malformed recipe, data file and output dir is
 refused before any model loads, with exit status 2 and one line that names the file, the field and the fix; no
-traceback and nothing written. Each recipe's first line, ``# expect: a|b|c``, lists text the error line must hold.
+traceback and nothing written. Each recipe's first line, ``# expect: a|b|c``, lists text the error line must hold;
+an optional second line, ``# never: x|y``, text it must not hold (e.g. content of a file that is not data).
+Generated cases (a 100 MB line, a 50,000-deep YAML nesting) are written into a private copy of the corpus.
 
 The cases run in-process through ``fem.cli.main`` (one TRL import for the whole corpus) with the model loader
 and the EM runner replaced by tripwires; a few also run as a real ``fem train`` subprocess."""
@@ -18,8 +20,13 @@ from helpers import run_fem
 pytestmark = pytest.mark.reliability
 
 CORPUS = Path(__file__).resolve().parent / "bad_inputs"
-RECIPES = sorted(p.name for p in CORPUS.glob("*.yaml"))
 HUGE_LINE_MB = 100
+DEPTH = 50_000
+GENERATED = {
+    "r34_deep_nesting.yaml": "# expect: r34_deep_nesting.yaml|nested more than\nmodel_name_or_path: tiny-random-llama\n"
+    f"task: toy_parity\nlora_target_modules: {'[' * DEPTH}{']' * DEPTH}\n",
+}
+RECIPES = sorted([p.name for p in CORPUS.glob("*.yaml")] + list(GENERATED))
 
 
 class ReachedCompute(Exception):
@@ -30,10 +37,12 @@ def _tripwire(*args, **kwargs):
     raise ReachedCompute
 
 
-def expectations(recipe: Path) -> list[str]:
-    first = recipe.read_bytes().split(b"\n", 1)[0].decode()
-    assert first.startswith("# expect: "), f"{recipe.name}: first line must be '# expect: a|b'"
-    return first.removeprefix("# expect: ").split("|")
+def expectations(recipe: Path) -> tuple[list[str], list[str]]:
+    """What the error line must hold (first line ``# expect: a|b``) and must not (optional ``# never: x|y``)."""
+    first, second = (recipe.read_bytes().split(b"\n", 2) + [b"", b""])[:2]
+    assert first.startswith(b"# expect: "), f"{recipe.name}: first line must be '# expect: a|b'"
+    never = second.decode().removeprefix("# never: ").split("|") if second.startswith(b"# never: ") else []
+    return first.decode().removeprefix("# expect: ").split("|"), never
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -47,6 +56,8 @@ def corpus(tmp_path_factory) -> Path:
     shutil.copytree(CORPUS, root)
     record = {"input": "x" * (HUGE_LINE_MB * 1024 * 1024), "output_1": "a", "output_2": "b", "label": 1}
     (root / "huge_line.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    for name, text in GENERATED.items():
+        (root / name).write_text(text, encoding="utf-8")
     return root
 
 
@@ -83,8 +94,11 @@ def test_bad_input_is_refused_before_compute(recipe, corpus, tmp_path, monkeypat
     errors = [line for line in lines if line.startswith("fem train: error: ")]
     assert len(errors) == 1 and "Traceback" not in err, f"{recipe}: not one error line:\n{err[-1500:]}"
     line = errors[0]
-    missing = [text for text in expectations(corpus / recipe) if text not in line]
+    expect, never = expectations(corpus / recipe)
+    missing = [text for text in expect if text not in line]
     assert not missing, f"{recipe}: the error line lacks {missing}:\n{line}"
+    leaked = [text for text in never if text in err]
+    assert not leaked, f"{recipe}: the error output holds {leaked}:\n{line}"
     assert " -> " in line, f"{recipe}: the error line names no fix:\n{line}"
     assert len(line) < 600, f"{recipe}: the error line is {len(line)} characters"
     assert not (tmp_path / "out").exists(), f"{recipe}: output dir created"
@@ -107,8 +121,9 @@ def test_yaml_is_loaded_safely_and_no_field_reaches_eval_exec_or_pickle():
     root = Path(__file__).resolve().parents[2] / "fem"
     readers = [
         "recipe.py",
-        *(f"configs/{p.name}" for p in sorted((root / "configs").glob("*.py"))),
+        *(str(p.relative_to(root)) for p in sorted((root / "configs").glob("*.py"))),
         "state.py",
+        "rundir.py",
         "preflight.py",
         "commands/train.py",
         "utils/io.py",
@@ -143,5 +158,5 @@ def test_yaml_is_loaded_safely_and_no_field_reaches_eval_exec_or_pickle():
 
 
 def test_corpus_size():
-    assert len(RECIPES) >= 30
+    assert len(RECIPES) >= 68
     assert os.path.getsize(CORPUS / "pairs_good.jsonl") > 0

@@ -9,7 +9,7 @@ import subprocess
 import uuid
 
 import pytest
-from test_kill_resume import assert_same_as_reference, cache_dir, reference, train  # noqa: F401
+from runs import assert_same_as_reference, train
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -35,7 +35,7 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def _check_disk_full_then_resume(out, cache_dir, reference, run_full, free_space):  # noqa: F811
+def _check_disk_full_then_resume(out, cache_dir, reference, run_full, free_space):
     full = run_full()
     assert full.returncode != 0
     free_space()
@@ -45,7 +45,7 @@ def _check_disk_full_then_resume(out, cache_dir, reference, run_full, free_space
     return full
 
 
-def test_simulated_disk_full_then_resume(tmp_path, cache_dir, reference):  # noqa: F811
+def test_simulated_disk_full_then_resume(tmp_path, cache_dir, reference):
     out = tmp_path / "run"
     full = _check_disk_full_then_resume(
         out, cache_dir, reference, lambda: train(out, cache_dir, FEM_DISK_FULL_AT="write.state.json#4"), lambda: None
@@ -53,7 +53,7 @@ def test_simulated_disk_full_then_resume(tmp_path, cache_dir, reference):  # noq
     assert_clear_disk_full_error(full)
 
 
-def test_real_disk_full_on_a_tiny_tmpfs_then_resume(tiny_disk, cache_dir, reference):  # noqa: F811
+def test_real_disk_full_on_a_tiny_tmpfs_then_resume(tiny_disk, cache_dir, reference):
     filler = tiny_disk / f"filler-{uuid.uuid4().hex}"
     filler.write_bytes(b"\0" * (2048 - 120) * 1024)  # leave 120 KB: the run fills it in round 0
     out = tiny_disk / "run"

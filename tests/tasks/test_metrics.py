@@ -51,3 +51,17 @@ def test_maj_at_k():
     ]
     assert M.maj_at_k(groups) == pytest.approx(2 / 4)
     assert M.majority(["a", "b"]) == "a"
+
+
+def test_every_reliability_row_holds_the_confidences_of_its_own_bin():
+    """Each row's [lo, hi) contains the confidences put in it (issue 17, item 13: an off-by-one bin index kept
+    every count and the ECE, and only moved the bounds, so no test saw it)."""
+    conf = [0.0, 0.05, 0.5, 0.52, 0.93, 1.0]
+    table = M.reliability_table(conf, [0, 1, 1, 0, 1, 1], n_bins=10)
+    assert [(round(r["lo"], 9), round(r["hi"], 9), r["count"]) for r in table] == [
+        (0, 0.1, 2),
+        (0.5, 0.6, 2),
+        (0.9, 1, 2),
+    ]
+    for row in table:
+        assert row["lo"] <= row["confidence"] <= row["hi"]

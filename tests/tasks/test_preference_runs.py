@@ -9,6 +9,8 @@ import pytest
 import yaml
 from test_preference import SHAPES, write_jsonl
 
+from fem.estep.runner import kept_samples
+
 TOPICS = ["prime", "sum", "spell", "capital", "colour", "animal", "planet", "metal"]
 
 
@@ -111,7 +113,7 @@ def test_calibrated_estep_and_temperature_scaling_through_the_commands(tmp_path,
     samples = [json.loads(line) for line in (run / "round_000" / "samples.jsonl").read_text().splitlines()]
     assert {s["example_id"].endswith(":swapped") for s in samples} == {True, False}  # both orders drawn
     assert sum(s["reason"] == "confidence" and s["origin"] == "plain" for s in samples) >= 2
-    kept = [s for s in samples if s["kept"]]
+    kept = kept_samples(run / "round_000")  # balancing drops some kept samples (estep_balance.json), not lines
     assert kept and all(s["completion"].endswith(f"Confidence: {round(100 * s['target_confidence'])}%") for s in kept)
     assert all(0 < s["target_confidence"] < 1 for s in kept)  # the prior keeps the estimate off 0 and 1
     gold = [s["gold"] for s in kept]
@@ -137,3 +139,47 @@ def test_calibrated_estep_and_temperature_scaling_through_the_commands(tmp_path,
     code, _, err = fem(capsys, "eval", "--config", str(tmp_path / "same.yaml"), "--temperature_scaling", "true")
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "also in the eval split" in lines[0], err
+
+
+def test_debiased_target_trains_the_gold_candidate_averaged_over_both_orders(tmp_path, capsys):
+    from fem.drawing import PLAIN
+    from fem.recipe import parse_configs
+    from fem.runtime import build_runtime
+    from fem.utils.distributed import World
+
+    config = recipe(tmp_path, "explicit_standard", confidence_target="plain_readout_debiased", eval_every_round=False)
+    code, out, err = fem(capsys, "train", "--config", config, "--dry_run")
+    assert code == 0 and "plain_readout_debiased (P(gold candidate) averaged over both orders)" in out, out
+    code, out, err = fem(capsys, "train", "--config", config)
+    assert code == 0, err
+    kept = [
+        s for s in map(json.loads, (tmp_path / "out_explicit_standard/round_000/samples.jsonl").open()) if s["kept"]
+    ]
+    runtime = build_runtime(parse_configs(["--config", config]), World())  # the base model the E-step read
+    task, by_id = runtime.task, {e.id: e for e in runtime.task.load("train")}
+    drawer = runtime.drawer(runtime.proposal())
+    assert kept
+    for s in kept:
+        example = by_id[s["example_id"]]
+        given, swapped = drawer.read_out([example, task.swapped(example)], PLAIN)
+        expected = (given[example.answer] + swapped[task.swapped(example).answer]) / 2
+        assert s["target_confidence"] == pytest.approx(expected, abs=1e-4)
+        assert s["completion"].endswith(f"Confidence: {round(100 * expected)}%")
+
+
+def test_stated_mean_with_a_tokenizer_that_merges_digits_is_a_one_line_error_before_any_compute(tmp_path, capsys):
+    config = recipe(tmp_path, "explicit_standard", eval_confidence="stated_mean")
+    code, out, err = fem(capsys, "eval", "--config", config, "--dry_run")
+    assert code == 0 and "stated_mean" in out, out
+    code, out, err = fem(capsys, "eval", "--config", config)  # the tiny tokenizer merges digits ('\nConfidence: 2%')
+    lines = [line for line in err.splitlines() if line.startswith("fem eval")]  # (the model's loading is logged)
+    assert code == 2 and len(lines) == 1, err
+    assert (
+        lines[0].startswith("fem eval: error: field")
+        and "field 'eval_confidence'" in lines[0]
+        and "digit by digit" in lines[0]
+        and "eval_confidence stated" in lines[0]
+    )
+    assert not (tmp_path / "out_explicit_standard" / "eval").exists() or not any(
+        (tmp_path / "out_explicit_standard" / "eval").rglob("predictions.jsonl")
+    )  # nothing was evaluated
