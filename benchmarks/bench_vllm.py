@@ -1,4 +1,4 @@
-"""(10) vLLM backend decoding throughput against the hf backend and a per-prompt ``model.generate`` loop, same process.
+"""(11) vLLM backend decoding throughput against the hf backend and a per-prompt ``model.generate`` loop, same process.
 
 For each model (SmolLM2-135M-Instruct from its GGUF; with --quick a tiny random Llama vLLM's CPU attention accepts)
 and dtype (float32; bfloat16 where the CPU has bf16 instructions, or on a GPU): tokens/s of

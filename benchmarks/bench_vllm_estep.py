@@ -1,4 +1,4 @@
-"""(11) The demo's E-step end to end, hf backend against vllm backend, same process.
+"""(12) The demo's E-step end to end, hf backend against vllm backend, same process.
 
 The E-step of ``recipes/demo/smollm2_judge_pps_cpu.yaml`` (SmolLM2-135M-Instruct judging LLMBar natural pairs: PPS,
 hinted rationales, forced read-out of the verdict through the cue, the plain read-out as confidence target, pairs in

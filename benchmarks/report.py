@@ -20,6 +20,7 @@ ORDER = [
     "mstep",
     "em",
     "calibration",
+    "power",
     "vllm",
     "vllm_estep",
 ]
@@ -33,8 +34,9 @@ TITLES = {
     "mstep": "7. M-step overhead (vs plain TRL SFTTrainer + LoRA)",
     "em": "8. EM schemes",
     "calibration": "9. Judge calibration: confidence targets and temperature scaling",
-    "vllm": "10. vLLM backend decoding (vs the hf backend and a generate loop, roofline)",
-    "vllm_estep": "11. The demo's judge E-step end to end, hf vs vLLM backend",
+    "power": "10. Power sampling at equal tokens: power_smc, power_mh and baselines (stylized models, SmolLM2 slice)",
+    "vllm": "11. vLLM backend decoding (vs the hf backend and a generate loop, roofline)",
+    "vllm_estep": "12. The demo's judge E-step end to end, hf vs vLLM backend",
 }
 
 

@@ -12,7 +12,7 @@ import each other (tests/test_layers.py checks both, and that nothing imports in
     models, estep/, eval/,       model loading; the loop's phases (schemes and their runner, evaluation, LoRA
       mstep/, report/, tracking    M-step through TRL, report.md and plots, the run in the user's trackers)
     drawing, readout, testing    prompt -> traces -> scored samples; the forced answer read-out; test LMs
-    proposals/                   ancestral, power_mh, best_of_n (drive a backend; never know the task)
+    proposals/                   ancestral, power_mh, power_smc, best_of_n (drive a backend; never know the task)
     generation/, tasks/          backends (protocols, hf); tasks (data, prompts, answers, rewards, metrics)
     recipe, state                recipe parsing into Configs; run state and resume
     run_configs, metrics,        one command's Configs and their cross-checks; accuracy/ECE/pass@k...; NLL,

@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from fem.errors import FemError
 from fem.proposals.base import Proposal, Trace
+from fem.tasks.answering import own_completion
 from fem.tasks.base import Example, Messages, Prediction, Task
 from fem.tasks.prompting import plain_text, with_system
 
@@ -35,6 +36,8 @@ class Sample:
     kept: bool = False
     reason: str | None = None  # why it was not kept
     weight: float = 1.0
+    own_completion: str | None = None  # the draw with its own answer (the target when kept without reward filter)
+    own_target: bool = False  # kept without the reward filter and trained on ``own_completion``
     target_confidence: float | None = None  # the confidence the completion states, when the E-step set a target
 
     @property
@@ -167,6 +170,7 @@ class ProposalDrawer:
                         trace=trace,
                         prediction=pred,
                         completion=self.train_completion(trace.text, examples[row], pred.confidence),
+                        own_completion=own_completion(self.task, examples[row], pred, trace.text),
                     )
                 )
                 i += 1

@@ -34,8 +34,8 @@ class Configs:
 
     def eval_variant(self, label: str, field_name: str = "eval_proposal") -> ProposalConfig:
         """The proposal config an evaluation label means: the run's proposal settings at ``eval_temperature`` and
-        ``eval_max_new_tokens``; ``power_mh:uniform`` / ``power_mh:entropy`` pick the cut of power_mh (its suffix
-        proposal runs at ``1/alpha`` whatever the temperature)."""
+        ``eval_max_new_tokens``; ``power_mh:uniform`` / ``power_mh:entropy`` pick the cut of power_mh (the proposals
+        of power_mh and power_smc run at ``1/alpha`` whatever the temperature)."""
         name, _, cut = label.partition(":")
         config = dataclasses.replace(self.proposal, proposal=name, temperature=self.eval.eval_temperature)
         if self.eval.eval_max_new_tokens is not None:

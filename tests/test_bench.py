@@ -11,7 +11,18 @@ from helpers import run_fem
 def test_bench_list():
     res = run_fem("bench", "list", timeout=60)
     assert res.returncode == 0, res.stderr
-    for name in ("exactness", "mixing", "throughput", "power_cost", "quality", "memory", "mstep", "em", "vllm"):
+    for name in (
+        "exactness",
+        "mixing",
+        "throughput",
+        "power_cost",
+        "quality",
+        "memory",
+        "mstep",
+        "em",
+        "power",
+        "vllm",
+    ):
         assert name in res.stdout
 
 
@@ -52,6 +63,45 @@ def test_bench_exactness_and_mixing_quick(tmp_path):
     assert (tmp_path / "mixing.png").is_file()
 
 
+def test_bench_power_quick(tmp_path):
+    """The power study at a tiny size: every sampler at the same budget, exact references, a goal per budget; the
+    real arm's code path on the tiny random model (forced read-out, Wilson interval, wall and latency multiples)."""
+    res = run_fem("bench", "power", "--quick", "--out", str(tmp_path), timeout=180)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    record = json.loads((tmp_path / "power.json").read_text())
+    _check_record(record, "power")
+    rows = [r for r in record["results"] if r["model"] == "tiny"]
+    samplers = [r["sampler"].split(" (")[0] for r in rows]
+    assert samplers == [
+        "ancestral",
+        "low temperature",
+        "best-of-4",
+        "power_mh uniform",
+        "power_mh entropy",
+        "power_smc",
+        "power_smc",
+        "power_smc pooled",
+    ]
+    smc, smc_half, pooled = rows[-3:]
+    assert smc["tokens_per_sample"] == 4 * smc["T"] and rows[0]["wall_x_ancestral"] == 1.0
+    assert "ESS 0.5" in smc_half["sampler"] and smc_half["tokens_per_sample"] == 4 * smc["T"]
+    assert pooled["tokens_per_sample"] == 4 * smc["T"] and pooled["unique_draws"] <= 1 == smc["unique_draws"]
+    for r in rows:
+        assert 0 <= r["accuracy"] <= 1 and r["exact_accuracy_p_alpha"] > r["exact_accuracy_p"]
+        assert r["mean_log_pi"] <= 0 and r["exact_e_log_pi"] < 0
+    real = [r for r in record["results"] if r["model"] != "tiny"]
+    assert [r["sampler"].split(" (")[0] for r in real] == [s.replace("4", "2") for s in samplers[:6]]
+    assert all(r["model"].startswith("tiny-random-llama arc/eval[2] T=4") for r in real)
+    for r in real:
+        low, high = r["accuracy_ci95"]
+        assert low <= r["accuracy"] <= high and r["chance"] == 0.25 and r["mean_alpha_logp"] < 0
+        assert r["tokens_per_sample"] <= (4 if r["budget_xT"] is None else 8) or "power_mh" in r["sampler"]
+    assert real[0]["wall_x_ancestral"] == 1.0 == real[0]["latency_x_ancestral"]
+    assert all(r["latency_s"] > 0 for r in real)
+    assert set(record["goals"]) == {"tiny_x4", "slice_x2"}
+    assert record["settings"]["slice"]["model"] == "tiny-random-llama"
+
+
 def test_bench_core_arguments_reach_the_script_and_its_record(tmp_path):
     """`fem bench core` passes each section's own arguments (here throughput's fp32-only) and the JSON names them."""
     from fem.commands.bench import CORE
@@ -66,6 +116,7 @@ def test_bench_core_arguments_reach_the_script_and_its_record(tmp_path):
         "mstep",
         "em",
         "calibration",
+        "power",
         "vllm",
         "vllm_estep",
     ]

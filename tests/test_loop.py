@@ -161,6 +161,25 @@ def test_finished_run_is_not_redone(cache_dir, uninterrupted):
     assert "E-step" not in result.stderr
 
 
+def test_power_smc_estep_with_unfiltered_power_distillation(tmp_path, cache_dir):
+    """One round with a power_smc E-step and reward_filter: false: wrong draws are kept too, with their own answer."""
+    out = tmp_path / "run"
+    result = run_fem(
+        "train", "--config", RECIPE, "--output_dir", str(out), "--rounds", "1", "--num_train_epochs", "1",
+        "--train_limit", "8", "--eval_limit", "4", "--eval_before_training", "false", "--scheme", "rejection",
+        "--estep_samples", "2", "--estep_max_keep", "2", "--reward_filter", "false", "--proposal", "power_smc",
+        "--smc_particles", "4", "--max_new_tokens", "4", "--power_block_size", "2", "--smc_ess_threshold", "1.0",
+        env={"FEM_CACHE": str(cache_dir)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    samples = [json.loads(line) for line in (out / "round_000" / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(s["kept"] and s["proposal"] == "power_smc" for s in samples)
+    wrong = [s for s in samples if s["reward"] == 0.0]
+    assert wrong and all(s["completion"].endswith(f"{s['extracted']})") for s in wrong)  # its own verdict
+    assert all(s["trace"]["particles"] == 4 and s["trace"]["cost"]["tokens_decoded"] >= 4 for s in samples)
+    assert any(s["trace"]["resamples"] > 0 for s in samples)
+
+
 def test_dry_run_loads_no_model_and_prints_the_plan(tmp_path):
     result = run_fem("train", "--config", RECIPE, "--output_dir", str(tmp_path / "x"), "--dry_run")
     assert result.returncode == 0, result.stderr

@@ -49,6 +49,21 @@ def test_sample_power_mh_train_split_default_path(tmp_path):
     assert all(r["cost"]["mh_steps"] == r["mh_steps"] for r in records)
 
 
+def test_sample_power_smc(tmp_path):
+    result = run_fem(
+        "sample", "--config", RECIPE, "--output_dir", str(tmp_path), "--split", "train", "--train_limit", "2",
+        "--proposal", "power_smc", "--smc_particles", "4", "--max_new_tokens", "4", "--power_block_size", "2",
+        "--num_samples", "2", "--smc_resample_every", "token",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = _lines(tmp_path / "samples.jsonl")
+    assert len(records) == 4 and all(KEYS <= set(r) for r in records)
+    assert all(r["proposal"] == "power_smc" and r["info"]["particles"] == 4 and r["mh_steps"] == 0 for r in records)
+    for example_id in {r["example_id"] for r in records}:  # the two traces share their system's 4-particle cost
+        pair = [r for r in records if r["example_id"] == example_id]
+        assert sum(r["cost"]["tokens_decoded"] for r in pair) >= 3 + max(r["num_tokens"] for r in pair)
+
+
 def test_sample_bad_split_is_one_line(tmp_path, capsys):
     import pytest
 

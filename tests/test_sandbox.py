@@ -4,6 +4,7 @@ harness (run_tests), and the policy when bubblewrap cannot run (refuse unless FE
 import io
 import logging
 import os
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -157,6 +158,16 @@ print("contained")
         for path in ("/etc/fem_sandbox_probe", os.path.join(sys.prefix, "fem_sandbox_probe")):
             if os.path.exists(path):
                 os.remove(path)
+
+
+def test_bwrap_runs_an_interpreter_that_lives_under_tmp(tmp_path):
+    """A venv under /tmp (a checkout there, as a CI clone can be) stays visible under the jail's private /tmp."""
+    if isinstance(jail_module.bwrap_jail(sys.executable), str):
+        pytest.skip("bubblewrap does not run here")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    jail = jail_module.bwrap_jail(str(venv / "bin" / "python"))
+    assert not isinstance(jail, str), jail
 
 
 # ----- run_tests: the trusted harness ------------------------------------------------------------------------------

@@ -46,6 +46,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "bench_calibration.py",
         "judge calibration: confidence targets, balance/swap, vs temperature scaling (SmolLM2, 3 datasets)",
     ),
+    "power": (
+        "bench_power.py",
+        "equal-token accuracy, log p^alpha, wall: ancestral, low-temp, best-of-n, power_mh, power_smc (stylized, SmolLM2)",
+    ),
     "vllm": ("bench_vllm.py", "decoding tokens/s of the vllm backend vs hf vs a generate loop, fp32/bf16, roofline"),
     "vllm_estep": ("bench_vllm_estep.py", "the demo's judge E-step end to end, hf vs vllm backend"),
 }
@@ -53,7 +57,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 ALL: dict[str, list[str]] = {n: [] for n in BENCHMARKS}
 ALL["calibration"] = ["--workers", "2"]  # its three datasets in two processes (about 1.5 h of the full run)
 # every section at a size that fits ~20 min on a 2-core CPU (`make bench-core`): throughput in fp32 only (bf16 has
-# no hardware support on such CPUs), quality on the stylized task only, EM schemes on the stylized task only
+# no hardware support on such CPUs), quality on the stylized task only, EM schemes on the stylized task only, power
+# on the even stylized model at one budget and a 16-question SmolLM2 slice (T=16)
 CORE: dict[str, list[str]] = {
     **ALL,
     "throughput": ["--dtypes", "float32"],
@@ -70,6 +75,7 @@ CORE: dict[str, list[str]] = {
         "--variants",
         "balanced",
     ],
+    "power": "--models even --multiples 8 --samples 256 --slice-n 16 --slice-t 16 --latency-n 4".split(),
     "vllm": ["--batches", "1", "32"],
     "vllm_estep": ["--examples", "16"],
 }

@@ -42,7 +42,12 @@ def plan(configs: Configs, checked: Preflight) -> dict[str, Any]:
         "proposals": ", ".join(label for label, _ in configs.eval_variants()),
         "backend": backend_plan(configs),
         "settings": f"temperature={ev.eval_temperature}, T={ev.eval_max_new_tokens or p.max_new_tokens}, alpha={p.power_alpha}, "
-        f"B={p.block_size}, N={p.power_mh_steps}, beta={p.power_beta}, samples/prompt={ev.num_samples}",
+        f"B={p.block_size}, N={p.power_mh_steps}, beta={p.power_beta}, samples/prompt={ev.num_samples}"
+        + (
+            f", smc_particles={p.smc_particles}"
+            if any(c.proposal == "power_smc" for _, c in configs.eval_variants())
+            else ""
+        ),
         "output_dir": str(Path(configs.mstep.output_dir) / "eval"),
     }
 

@@ -34,6 +34,8 @@ def plan(configs: Configs, checked: Preflight) -> dict[str, Any]:
     proposal = p.proposal
     if proposal == "power_mh":
         proposal += f" (cut={p.power_cut}, alpha={p.power_alpha}, B={p.block_size}, T={p.max_new_tokens}, N={p.power_mh_steps})"
+    elif proposal == "power_smc":
+        proposal += f" (particles={p.smc_particles}, alpha={p.power_alpha}, B={p.block_size}, T={p.max_new_tokens}, resample {p.smc_resampling} at ESS < {p.smc_ess_threshold} per {p.smc_resample_every})"
     return {
         "model": f"{name} -> {folder if folder != name else 'hub id or not-yet-existing path: resolved at load time'}"
         + (f" [{gguf}]" if gguf else ""),
@@ -42,7 +44,9 @@ def plan(configs: Configs, checked: Preflight) -> dict[str, Any]:
         + ")",
         "data": checked.data,
         **({"data format": checked.data_formats} if checked.data_formats else {}),
-        "scheme": f"{configs.estep.scheme} (M={configs.estep.estep_samples}, keep<={configs.estep.estep_max_keep})",
+        "scheme": f"{configs.estep.scheme} (M={configs.estep.estep_samples}, keep<={configs.estep.estep_max_keep}"
+        + ("" if configs.estep.reward_filter else ", unfiltered: every draw kept whatever its reward")
+        + ")",
         **pairwise_plan(configs),
         "proposal": proposal,
         "eval_proposal": configs.eval.eval_proposal or f"ancestral (temperature {configs.eval.eval_temperature})",

@@ -18,6 +18,8 @@ from fem.configs.choices import (
     DATA_FORMATS,
     EVAL_CONFIDENCES,
     SCHEMES,
+    SMC_RESAMPLE_EVERY,
+    SMC_RESAMPLINGS,
     TIE_POLICIES,
     positive_count,
 )
@@ -38,6 +40,8 @@ __all__ = [
     "EVAL_CONFIDENCES",
     "FEM_DATACLASSES",
     "SCHEMES",
+    "SMC_RESAMPLE_EVERY",
+    "SMC_RESAMPLINGS",
     "TIE_POLICIES",
     "EMConfig",
     "EStepConfig",

@@ -6,6 +6,8 @@ from typing import Any
 
 SCHEMES = ("rejection", "star", "pps")
 CUTS = ("uniform", "entropy")
+SMC_RESAMPLINGS = ("systematic", "multinomial")
+SMC_RESAMPLE_EVERY = ("block", "token")
 ANSWER_MODES = ("generate", "forced")
 TIE_POLICIES = ("drop", "third")
 DATA_FORMATS = ("auto", "fields", "preference")

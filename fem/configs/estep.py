@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fem.configs.choices import CONFIDENCE_TARGETS, SCHEMES
-from fem.validation import validate_fields
+from fem.validation import check, validate_fields
 
 
 @dataclass
@@ -47,6 +47,14 @@ class EStepConfig:
     )
     reward_weighting: bool = field(
         default=False, metadata={"help": "Weight each kept sample's loss by its reward (graded rewards)."}
+    )
+    reward_filter: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep only draws whose reward passes reward_threshold. false: keep every draw whatever its reward "
+            "(unfiltered power self-distillation, arXiv 2605.04542); a draw below the threshold is trained on "
+            "with its own answer, not the gold one."
+        },
     )
     dedupe: bool = field(
         default=True, metadata={"help": "Drop kept rationales that repeat one already kept for the same example."}
@@ -104,3 +112,9 @@ class EStepConfig:
 
     def __post_init__(self) -> None:
         validate_fields(self)
+        check(
+            self.reward_filter or not self.reward_weighting,
+            "reward_weighting",
+            "weights unfiltered draws by their reward, which drops every reward-0 draw again",
+            "remove reward_weighting, or keep reward_filter: true",
+        )

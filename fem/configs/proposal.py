@@ -1,23 +1,23 @@
-"""ProposalConfig: how each rationale is drawn (ancestral, power_mh, best_of_n, a user's class)."""
+"""ProposalConfig: how each rationale is drawn (ancestral, power_mh, power_smc, best_of_n, a user's class)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fem.configs.choices import CUTS
+from fem.configs.choices import CUTS, SMC_RESAMPLE_EVERY, SMC_RESAMPLINGS
 from fem.validation import check, validate_fields
 
 
 @dataclass
 class ProposalConfig:
-    """> Parameters of the proposal that draws each rationale (ancestral, power_mh, best_of_n, or a dotted path)."""
+    """> Parameters of the proposal that draws each rationale (ancestral, power_mh, power_smc, best_of_n, yours)."""
 
     proposal: str = field(
         default="ancestral",
         metadata={
-            "help": "ancestral | power_mh | best_of_n | a dotted path to your own Proposal class.",
+            "help": "ancestral | power_mh | power_smc | best_of_n | a dotted path to your own Proposal class.",
             "nonempty": True,
-            "fix": "set proposal: ancestral, power_mh, best_of_n or a dotted path",
+            "fix": "set proposal: ancestral, power_mh, power_smc, best_of_n or a dotted path",
         },
     )
     temperature: float = field(
@@ -134,6 +134,47 @@ class ProposalConfig:
             "fix": "set the number of draws per returned sample",
         },
     )
+    # ---- power_smc (fem/proposals/smc.py); also uses power_alpha, power_block_size, power_proposal_temperature
+    smc_particles: int = field(
+        default=16,
+        metadata={
+            "help": "power_smc: particles per prompt, decoded in lockstep (Power-SMC uses 64).",
+            "min": 1,
+            "fix": "set the particles per prompt (Power-SMC uses 64)",
+        },
+    )
+    smc_ess_threshold: float = field(
+        default=1.0,
+        metadata={
+            "help": "power_smc: resample when ESS / particles falls below this: 1 = at every check (the default; "
+            "systematic resampling leaves near-equal weights almost as they are), 0 = never.",
+            "min": 0,
+            "max": 1,
+            "fix": "use a fraction of the particle count such as 0.5 (0 never resamples)",
+        },
+    )
+    smc_resampling: str = field(
+        default="systematic",
+        metadata={
+            "help": "power_smc: how ancestors are drawn: systematic or multinomial.",
+            "choices": SMC_RESAMPLINGS,
+        },
+    )
+    smc_resample_every: str = field(
+        default="block",
+        metadata={
+            "help": "power_smc: check the ESS at block boundaries (power_block_size) or after every token.",
+            "choices": SMC_RESAMPLE_EVERY,
+        },
+    )
+    smc_alpha_ramp: int = field(
+        default=0,
+        metadata={
+            "help": "power_smc: tokens over which the target exponent ramps linearly from 1 to alpha (0 = off).",
+            "min": 0,
+            "fix": "set the ramp length in tokens, or 0 for no ramp",
+        },
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -143,6 +184,13 @@ class ProposalConfig:
             f"block size {self.power_block_size} exceeds the horizon max_new_tokens={self.max_new_tokens}",
             "set power_block_size <= max_new_tokens (default max_new_tokens // 16)",
         )
+        if self.proposal == "power_smc":
+            check(
+                self.top_k == 0 and self.top_p >= 1,
+                "top_k" if self.top_k else "top_p",
+                f"power_smc needs a full-support proposal (got top_k={self.top_k}, top_p={self.top_p})",
+                "set top_k: 0 and top_p: 1.0 (truncation leaves responses unreachable: no weight makes it exact)",
+            )
 
     @property
     def block_size(self) -> int:

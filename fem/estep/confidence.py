@@ -24,7 +24,10 @@ A kept sample is trained as ``rationale + "Verdict: <gold>" + "Confidence: N%"``
 
 ``empirical`` is not debiased: its plain draws are rationales written in one order, and averaging orders would
 need as many draws again of the swapped copy (the costliest part of the target), each recorded under an example that
-is not in the round. Extra plain draws made for ``empirical`` are recorded with ``reason: "confidence"`` (never trained).
+is not in the round. Extra plain draws made for ``empirical`` are recorded with ``reason: "confidence"`` (never
+trained). A draw kept without the reward filter with a wrong or unparsed answer (``reward_filter: false``) keeps its
+own completion: its own verdict with its own read-out confidence (a target about the gold verdict would contradict
+the verdict).
 
 ``balance_records`` keeps the same number of kept samples per gold verdict in a round (the majority verdicts'
 excess is dropped, chosen by a seeded shuffle, and marked ``reason: "balance"``).
@@ -87,7 +90,7 @@ def apply_confidence_targets(
         raise ValueError(f"unknown confidence target '{target}' (one of {', '.join(TARGETS)})")
     if target == DEBIASED and swap is None:
         raise ValueError(f"confidence target {DEBIASED} needs the task's swap (a pairwise task)")
-    rows = [i for i, row in enumerate(draws) if any(s.kept for s in row)]
+    rows = [i for i, row in enumerate(draws) if any(s.kept and not s.own_target for s in row)]
     if not rows:
         return
     values: dict[int, float] = {}
@@ -108,7 +111,7 @@ def apply_confidence_targets(
             values[i] = empirical_target(k, len(plain), max(len(options(draws[i][0].example) or ()), 1), prior)
     for i in rows:
         for s in draws[i]:
-            if not s.kept:
+            if not s.kept or s.own_target:
                 continue
             s.target_confidence = s.prediction.confidence if target == "readout" else values[i]
             s.completion = drawer.train_completion(s.trace.text, s.example, s.target_confidence)

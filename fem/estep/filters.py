@@ -34,9 +34,11 @@ def rejection_reason(
     dedupe: bool,
     kept_so_far: int,
     max_keep: int,
+    reward_filter: bool = True,
 ) -> str | None:
-    """Why a draw is not kept (None: keep it). The order of checks fixes which reason is reported."""
-    if reward < threshold or reward <= 0:
+    """Why a draw is not kept (None: keep it). The order of checks fixes which reason is reported. Without the
+    reward filter (unfiltered distillation) a draw is kept whatever its reward."""
+    if reward_filter and (reward < threshold or reward <= 0):
         return "reward"
     if leakage_filter and origin == "hinted" and leaks_hint(rationale):
         return "leakage"

@@ -38,10 +38,14 @@ def select(samples: list[Sample], config: EStepConfig) -> None:
             dedupe=config.dedupe,
             kept_so_far=kept,
             max_keep=config.estep_max_keep,
+            reward_filter=config.reward_filter,
         )
         if reason is None:
             s.kept = True
             s.weight = s.reward if config.reward_weighting else 1.0
+            if (s.reward < config.reward_threshold or s.reward <= 0) and s.own_completion is not None:
+                s.completion = s.own_completion  # unfiltered: the draw with its own answer, not the gold one
+                s.own_target = True
             seen.add(normalize_for_dedupe(s.trace.text))
             kept += 1
         else:

@@ -1,4 +1,5 @@
-"""Proposals draw rationales: ``ancestral``, ``power_mh``, ``best_of_n``, or a user's class by dotted path."""
+"""Proposals draw rationales: ``ancestral``, ``power_mh``, ``power_smc``, ``best_of_n``, or a user's class by dotted
+path."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from fem.registry import Registry, missing_methods
 PROPOSALS: dict[str, str] = {
     "ancestral": "fem.proposals.ancestral.AncestralProposal",
     "power_mh": "fem.proposals.power.PowerMHProposal",
+    "power_smc": "fem.proposals.smc.PowerSMCProposal",
     "best_of_n": "fem.proposals.best_of_n.BestOfNProposal",
 }
 PROPOSAL_REGISTRY = Registry(

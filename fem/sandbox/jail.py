@@ -142,7 +142,8 @@ def bwrap_jail(python: str) -> Jail | str:
         else ["--unshare-user", "--uid", "65534", "--gid", "65534"]
     )
     private = ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
-    prefix = (exe, *namespaces, *identity, "--die-with-parent", "--new-session", *system_view(python), *private)
+    # the private /tmp first, then the read-only view: an interpreter (a venv) under /tmp stays visible
+    prefix = (exe, *namespaces, *identity, "--die-with-parent", "--new-session", *private, *system_view(python))
     layers = ["bwrap", "ro-system-view", "private-tmp", "pidns", "netns", "ipcns", "utsns"]
     layers += ["throwaway-uid"] if root else ["userns-uid-65534"]
     jail = Jail("bwrap", prefix, drop_uid=root, reaper=False, isolation=tuple(layers))

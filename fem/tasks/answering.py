@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from .base import Example, Prediction, Task
 
 SEPARATOR = "\n\n"
@@ -43,6 +45,20 @@ def training_completion(task: Task, rationale: str, example: Example, confidence
     if confidence is not None:
         text += task.confidence_text(confidence)
     return text
+
+
+def own_completion(task: Task, example: Example, prediction: Prediction, rationale: str) -> str:
+    """The M-step target of a draw kept without the reward filter: the target a correct draw gets, with the model's
+    own answer in place of the gold one (``training_completion`` of the extracted answer). An unparsed draw is kept
+    as written: the completion (generate mode), or rationale ⊕ cue ⊕ the decoded answer text (forced mode: the
+    ``rationale`` and ``forced_answer`` that ``fem.readout`` records in the prediction's info)."""
+    if prediction.extracted is None:
+        if prediction.info.get("mode") == "forced":
+            info = prediction.info
+            return join_rationale(info.get("rationale", "")) + task.answer_cue + info.get("forced_answer", "")
+        return prediction.completion
+    own = dataclasses.replace(example, answer=prediction.extracted)
+    return training_completion(task, rationale, own, prediction.confidence)
 
 
 def score_written(task: Task, example: Example, completion: str, index: int) -> Prediction:

@@ -309,3 +309,21 @@ def test_stated_mean_refuses_a_tokenizer_that_does_not_write_numbers_digit_by_di
     _, drawer = judge_drawer(Merged({}, script=" 10%"), confidence="stated_mean")
     with pytest.raises(FemError, match=r"digit by digit: '\\nConfidence: 10%' encodes as \[10, 67"):
         drawer.draw([pair(0, "A")], "plain", 1, seed=0)
+
+
+def test_a_draw_kept_unfiltered_keeps_its_own_verdict_and_confidence():
+    """reward_filter: false: a wrong draw is trained on its own verdict with its own read-out confidence; the
+    confidence target (about the gold verdict) is not written into it, while a correct draw still gets it."""
+    from fem.estep.schemes import select
+
+    task, drawer = judge_drawer(CharBackend(p_a=0.6))
+    config = EStepConfig(scheme="rejection", estep_samples=1, estep_max_keep=1, reward_filter=False)
+    draws = drawer.draw([pair(0, "B"), pair(1, "A")], "plain", 1, seed=0)
+    for row in draws:
+        select(row, config)
+    wrong, right = draws[0][0], draws[1][0]
+    assert wrong.kept and wrong.reward == 0 and wrong.own_target and right.kept and not right.own_target
+    apply_confidence_targets(draws, drawer, target="plain_readout", samples=4, prior=1.0, options=task.options, seed=0)
+    assert wrong.completion == wrong.own_completion and wrong.completion.endswith("Verdict: A\nConfidence: 60%")
+    assert wrong.target_confidence is None
+    assert right.target_confidence == pytest.approx(0.6) and right.completion.endswith("Verdict: A\nConfidence: 60%")

@@ -9,6 +9,7 @@ import pytest
 
 from fem.configs import EStepConfig
 from fem.drawing import HINTED, PLAIN, Sample
+from fem.errors import ConfigError
 from fem.estep.filters import leaks_hint
 from fem.estep.runner import estep_metrics, kept_samples, run_estep
 from fem.estep.schemes import PPSScheme, RejectionScheme, StarScheme
@@ -102,6 +103,43 @@ def test_dedupe_and_reward_weighting():
         EXAMPLES[:1], drawer, seed=0
     )
     assert [s.kept for s in draws[0]] == [True, False, True] and draws[0][1].reason == "duplicate"
+
+
+def test_unfiltered_keeps_reward_zero_draws_with_their_own_answer_and_the_default_does_not():
+    """reward_filter: false (unfiltered power distillation) keeps every draw, a reward-0 one with its own answer as
+    the M-step target; the default filter still drops it."""
+    drawer = ScriptedDrawer(correct=lambda e, o, a: a == 1)
+
+    def draws(config):
+        out = RejectionScheme(config).run(EXAMPLES[:2], _with_own(drawer), seed=0)
+        return [s for d in out for s in d]
+
+    unfiltered = draws(EStepConfig(scheme="rejection", estep_samples=3, estep_max_keep=3, reward_filter=False))
+    assert all(s.kept and s.weight == 1.0 for s in unfiltered)
+    assert {s.reward for s in unfiltered} == {0.0, 1.0}
+    for s in unfiltered:  # a correct draw keeps the gold-answer target; a wrong one trains its own answer
+        assert (s.completion == s.own_completion) is (s.reward == 0)
+    default = draws(EStepConfig(scheme="rejection", estep_samples=3, estep_max_keep=3))
+    assert [s.kept for s in default] == [s.reward == 1.0 for s in default] and any(not s.kept for s in default)
+    assert all(s.reason == "reward" for s in default if not s.kept)
+    capped = draws(EStepConfig(scheme="rejection", estep_samples=3, estep_max_keep=1, reward_filter=False))
+    assert [s.kept for s in capped] == [True, False, False] * 2 and capped[1].reason == "cap"
+    with pytest.raises(ConfigError, match="reward_weighting"):
+        EStepConfig(reward_filter=False, reward_weighting=True)
+
+
+def _with_own(drawer):
+    """The scripted drawer with each draw's own-answer completion filled in (as ProposalDrawer does)."""
+
+    class Own:
+        def draw(self, examples, origin, n, *, seed):
+            out = drawer.draw(examples, origin, n, seed=seed)
+            for samples in out:
+                for s in samples:
+                    s.own_completion = s.trace.text + " [own answer]"
+            return out
+
+    return Own()
 
 
 @pytest.mark.parametrize(

@@ -95,14 +95,15 @@ def test_user_pairwise_file_with_field_mapping_only(tmp_path):
 
 def test_side_by_side_proposals_on_the_same_prompts(tmp_path):
     recipe = _user_recipe(tmp_path)
-    result = run_fem("eval", "--config", str(recipe), "--proposals", "ancestral,power_mh:entropy", "--seed", "3")
+    proposals = "ancestral,power_mh:entropy,power_smc"
+    result = run_fem("eval", "--config", str(recipe), "--proposals", proposals, "--smc_particles", "4", "--seed", "3")
     assert result.returncode == 0, result.stderr[-2000:]
     out = tmp_path / "out" / "eval"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics) == ["ancestral", "power_mh:entropy"]
+    assert list(metrics) == ["ancestral", "power_mh:entropy", "power_smc"]
     report = (out / "report.md").read_text()
     header = next(line for line in report.splitlines() if line.startswith("| metric"))
-    assert "ancestral" in header and "power_mh:entropy" in header
+    assert "ancestral" in header and "power_mh:entropy" in header and "power_smc" in header
     assert any(line.startswith("| accuracy |") for line in report.splitlines())
     assert any(line.startswith("| ece |") for line in report.splitlines())
     assert "seed: 3" in report
@@ -111,12 +112,16 @@ def test_side_by_side_proposals_on_the_same_prompts(tmp_path):
         preds = _predictions(out / label.replace(":", "_") / "predictions.jsonl")
         ids[label] = [p["example_id"] for p in preds]
     pairs_both_ways = [i for n in range(len(PAIRS)) for i in (f"p{n}", f"p{n}:swapped")]
-    assert ids["ancestral"] == ids["power_mh:entropy"] == pairs_both_ways
+    assert ids["ancestral"] == ids["power_mh:entropy"] == ids["power_smc"] == pairs_both_ways
     combined = _predictions(out / "predictions.jsonl")
     assert {p["proposal"] for p in combined} == set(metrics)
     # power_mh ran its MH steps and records them in the per-trace cost
     assert any(p["trace"]["cost"]["mh_steps"] > 0 for p in combined if p["proposal"] == "power_mh:entropy")
     assert metrics["power_mh:entropy"]["eval/tokens_decoded"] > metrics["ancestral"]["eval/tokens_decoded"]
+    # power_smc decoded 4 particles per prompt and records its particle system on each trace
+    smc = [p["trace"] for p in combined if p["proposal"] == "power_smc"]
+    assert all(t["particles"] == 4 and t["cost"]["tokens_decoded"] >= 4 * t["num_tokens"] for t in smc)
+    assert metrics["power_smc"]["eval/tokens_decoded"] > 3 * metrics["ancestral"]["eval/tokens_decoded"]
 
 
 @pytest.fixture(scope="module")

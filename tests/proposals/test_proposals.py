@@ -16,11 +16,17 @@ from fem.proposals.ancestral import AncestralProposal
 from fem.proposals.base import Proposal
 from fem.proposals.best_of_n import BestOfNProposal
 from fem.proposals.power import PowerMHProposal
+from fem.proposals.smc import PowerSMCProposal
 from fem.testing.table_lm import empirical, total_variation
 
 
 def test_registry_names_and_dotted_paths(table_lm):
-    expected = {"ancestral": AncestralProposal, "power_mh": PowerMHProposal, "best_of_n": BestOfNProposal}
+    expected = {
+        "ancestral": AncestralProposal,
+        "power_mh": PowerMHProposal,
+        "power_smc": PowerSMCProposal,
+        "best_of_n": BestOfNProposal,
+    }
     for name, cls in expected.items():
         proposal = build_proposal(ProposalConfig(proposal=name), table_lm)
         assert type(proposal) is cls and isinstance(proposal, Proposal)

@@ -4,7 +4,7 @@ from fem.configs import TaskConfig
 from fem.drawing import render_prompt
 from fem.readout import score_completions
 from fem.tasks import build_task
-from fem.tasks.answering import cut_rationale, training_completion
+from fem.tasks.answering import cut_rationale, own_completion, training_completion
 from fem.tasks.base import Example
 
 
@@ -76,6 +76,42 @@ def test_training_completion_cuts_model_answer():
     ex3 = Example(id="c", answer="B", fields={"question": "q", "choices": ["x", "y"]})
     assert training_completion(choice, "", ex3) == "The answer is (B)."
     assert cut_rationale(choice, "reason. Answer: A") == "reason."
+
+
+def test_own_completion_is_the_draw_with_its_own_answer(fake_backend):
+    """The M-step target of a draw kept without the reward filter: a correct draw's format, with the model's answer."""
+    judge = build_task(TaskConfig(task="judge", answer_mode="forced"))
+    ex = judge_example("A")
+    text = "A is right. Verdict: A"
+    [closed] = score_completions(judge, fake_backend(prefer={"B": 3.0}), [ex], [text], "forced", prompt_ids=[[1]])
+    assert closed.reward == 0.0 and closed.extracted == "B"
+    percent = round(100 * closed.confidence)
+    assert own_completion(judge, ex, closed, text) == f"A is right.\n\nVerdict: B\nConfidence: {percent}%"
+    choice = build_task(TaskConfig(task="arc"))
+    ex = Example(id="c", answer="C", fields={"question": "q", "choices": ["w", "x", "y", "z"]})
+    [picked] = score_completions(
+        choice, fake_backend(prefer={"A": 3.0}), [ex], ["Because w."], "forced", prompt_ids=[[5]]
+    )
+    assert own_completion(choice, ex, picked, "Because w.") == "Because w.\n\nThe answer is (A)."
+    arith = build_task(TaskConfig(task="toy_arith"))
+    ex = Example(id="t", answer="7", fields={"a": 3, "b": 4})
+    [opened] = score_completions(arith, fake_backend(script=" 8. more"), [ex], ["3 plus 4."], "forced")
+    assert (
+        opened.reward == 0.0
+        and own_completion(arith, ex, opened, "3 plus 4.") == "3 plus 4.\n\n" + arith.answer_cue + " 8."
+    )
+    [unparsed] = score_completions(arith, fake_backend(script=" eight"), [ex], ["3 plus 4."], "forced")
+    decoded = unparsed.info["forced_answer"]
+    assert not unparsed.parsed and decoded.startswith(" ei")
+    assert own_completion(arith, ex, unparsed, "3 plus 4.") == "3 plus 4.\n\n" + arith.answer_cue + decoded
+    gsm = build_task(TaskConfig(task="gsm8k"))
+    ex = Example(id="g", answer="4")
+    for written, target in (
+        ("2 + 2 = 5. The answer is \\boxed{5}.", "2 + 2 = 5.\n\nThe answer is \\boxed{5}."),
+        ("2 + 2 is five", "2 + 2 is five"),  # unparsed: kept as written
+    ):
+        [generated] = score_completions(gsm, None, [ex], [written], "generate")
+        assert generated.reward == 0.0 and own_completion(gsm, ex, generated, written) == target
 
 
 def test_render_prompt_chat_and_plain(fake_backend):

@@ -1,0 +1,187 @@
+"""The real-model arm of ``fem bench power``: SmolLM2-135M-Instruct on a slice of a task where it answers above
+chance through the forced read-out, every sampler at the same decoded-token budget.
+
+Per question, the sampler draws one rationale of at most ``T`` tokens from the plain prompt; fem's forced read-out
+(``answer_mode: forced``: the task's cue after the rationale, the argmax over the options) gives the answer. Per
+sampler: accuracy with its Wilson 95% interval, the mean of ``alpha log p(y)`` over the returned rationales (the
+unnormalised log-likelihood under ``p^alpha``: ``log Z`` is unknown for a real model, so only differences between
+rows at the same ``T`` mean something; EOS included when drawn), mean ``log p(y)``, decoded tokens per sample
+(every decoded token, rejected or discarded ones included), and the wall time of the proposal alone (the read-out
+is not timed) per sample and as a multiple of ancestral's. Every sampler decodes ``rows`` sequences per backend
+call (ancestral: ``rows`` questions; best-of-K: ``rows / K`` questions; power_smc: ``rows / K`` questions of ``K``
+particles; power_mh: ``rows`` chains), so ``wall_x_ancestral`` is at equal batch width, the throughput view. The
+latency view (``latency_x_ancestral``, the published papers' measure) serves one question per backend call on the
+first ``latency_n`` questions: ancestral and power_mh decode 1 sequence per call, best-of-K and power_smc their K
+candidates or particles as one batch, so a wider batch that costs little more shows up as a smaller multiple.
+
+The model runs through fem's runtime on the backend the recipe names (``--backend``): ``hf``, or ``vllm`` once
+that backend is registered in ``fem.generation``.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import _common as C
+
+from fem.configs import ProposalConfig
+from fem.drawing import PLAIN
+from fem.errors import ConfigError
+from fem.generation import check_backend_name
+from fem.proposals.base import Trace
+from fem.recipe import parse_configs
+from fem.runtime import Runtime, build_runtime
+from fem.tasks.base import Example
+from fem.utils.distributed import current_world
+
+RECIPE = """model_name_or_path: {model}
+dtype: float32
+backend: {backend}
+task: {task}
+answer_mode: forced
+train_limit: 100000
+eval_limit: 100000
+max_new_tokens: {T}
+generation_batch_size: {rows}
+output_dir: {out}
+seed: {seed}
+report_to: none
+"""
+
+
+def wilson(k: float, n: int, z: float = 1.96) -> list[float]:
+    """The Wilson score interval of a binomial proportion ``k / n`` (95% by default)."""
+    p, d = k / n, 1 + z * z / n
+    centre, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return [round(centre - half, 3), round(centre + half, 3)]
+
+
+def spread(examples: Sequence[Example], n: int) -> list[Example]:
+    """``n`` examples evenly spaced over the split (files are often ordered by source or subject)."""
+    if n >= len(examples):
+        return list(examples)
+    return [examples[(i * len(examples)) // n] for i in range(n)]
+
+
+class Timed:
+    """A proposal whose ``propose`` calls are timed (the drawer's read-out is not)."""
+
+    def __init__(self, proposal: Any):
+        self.inner, self.name, self.wall_s = proposal, proposal.name, 0.0
+
+    def propose(self, prompts: Sequence[Sequence[int]], num_samples: int = 1, *, seed: int = 0) -> list[list[Trace]]:
+        t0 = time.perf_counter()
+        out = self.inner.propose(prompts, num_samples, seed=seed)
+        self.wall_s += time.perf_counter() - t0
+        return out
+
+
+def draw(runtime: Runtime, cfg: ProposalConfig, examples: Sequence[Example], seed: int) -> tuple[list, float]:
+    """One sample per example through fem's drawer (forced read-out), in chunks of the proposal's prompts per call;
+    returns the samples and the proposal's wall time."""
+    timed = Timed(runtime.proposal(cfg))
+    drawer = runtime.drawer(timed)
+    width = {"best_of_n": cfg.best_of_n, "power_smc": cfg.smc_particles}.get(cfg.proposal, 1)
+    per_call = max(1, cfg.generation_batch_size // width)
+    samples = []
+    for start in range(0, len(examples), per_call):
+        samples += [row[0] for row in drawer.draw(examples[start : start + per_call], PLAIN, 1, seed=seed + start)]
+    return samples, timed.wall_s
+
+
+def slice_rows(
+    task: str,
+    split: str,
+    n: int,
+    T: int,
+    multiples: Sequence[int],
+    *,
+    model: str = "smollm2-135m-instruct",
+    backend: str = "hf",
+    rows: int = 16,
+    latency_n: int = 8,
+    alpha: float = 4.0,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """The arm's rows: ancestral, low temperature, then per budget ``K x T``: best-of-K, power_mh (uniform, entropy;
+    steps per stage from a pilot on 8 questions) and power_smc with K particles; then each row's latency view."""
+    try:
+        check_backend_name(backend)
+    except ConfigError as e:
+        raise SystemExit(f"fem bench power: --backend {backend}: {e}") from None
+    out_rows: list[dict[str, Any]] = []
+    configs: list[ProposalConfig] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe = Path(tmp) / "power_slice.yaml"
+        recipe.write_text(
+            RECIPE.format(model=model, backend=backend, task=task, T=T, rows=rows, out=Path(tmp) / "run", seed=seed)
+        )
+        runtime = build_runtime(parse_configs(["--config", str(recipe)]), current_world())
+        examples = spread(runtime.task.load(split), n)
+        chance = sum(1 / len(runtime.task.options(e)) for e in examples) / len(examples)
+        common = dict(power_alpha=alpha, max_new_tokens=T, power_block_size=max(1, T // 8), generation_batch_size=rows)
+        label = f"{model} {task}/{split}[{len(examples)}] T={T}"
+
+        def add(budget: int | None, name: str, cfg: ProposalConfig) -> dict[str, Any]:
+            samples, wall = draw(runtime, cfg, examples, seed)
+            traces = [s.trace for s in samples]
+            k = sum(s.reward for s in samples)
+            row = {
+                "model": label,
+                "budget_xT": budget,
+                "sampler": name,
+                "accuracy": round(k / len(samples), 4),
+                "accuracy_ci95": wilson(k, len(samples)),
+                "chance": round(chance, 4),
+                "mean_alpha_logp": round(sum(alpha * t.sum_logp for t in traces) / len(traces), 3),
+                "mean_logp": round(sum(t.sum_logp for t in traces) / len(traces), 3),
+                "tokens_per_sample": round(sum(t.cost.tokens_decoded for t in traces) / len(traces), 1),
+                "wall_s_per_sample": round(wall / len(traces), 4),
+                "answers": dict(sorted(Counter(str(s.prediction.extracted) for s in samples).items())),
+                "load": C.load(),
+            }
+            if cfg.proposal == "power_smc":
+                row["smc_resamples"] = round(sum(t.info["resamples"] for t in traces) / len(traces), 2)
+                row["smc_final_ess"] = round(sum(t.info["final_ess"] for t in traces) / len(traces), 3)
+            out_rows.append(row)
+            configs.append(cfg)
+            print({k: v for k, v in row.items() if k != "answers"}, flush=True)
+            return row
+
+        base = add(None, "ancestral (tau 1)", ProposalConfig(proposal="ancestral", **common))
+        add(
+            None,
+            "low temperature (tau 1/alpha)",
+            ProposalConfig(proposal="ancestral", temperature=1 / alpha, **common),
+        )
+        pilot_examples = examples[: min(8, len(examples))]
+        for K in multiples:
+            add(K, f"best-of-{K}", ProposalConfig(proposal="best_of_n", best_of_n=K, **common))
+            for cut in ("uniform", "entropy"):
+                mh = dict(proposal="power_mh", power_cut=cut, **common)
+                spent = [
+                    sum(s.trace.cost.tokens_decoded for s in draw(runtime, ProposalConfig(power_mh_steps=N, **mh),
+                                                                   pilot_examples, seed + 1)[0])
+                    / len(pilot_examples)
+                    for N in (0, 1)
+                ]  # fmt: skip
+                steps = max(1, round((K * T - spent[0]) / max(spent[1] - spent[0], 1.0)))
+                add(K, f"power_mh {cut} (N={steps})", ProposalConfig(power_mh_steps=steps, **mh))
+            add(K, f"power_smc ({K} particles)", ProposalConfig(proposal="power_smc", smc_particles=K, **common))
+        latency = examples[: min(latency_n, len(examples))]
+        for row, cfg in zip(out_rows, configs, strict=True):  # one question per call: its own batch width
+            width = {"best_of_n": cfg.best_of_n, "power_smc": cfg.smc_particles}.get(cfg.proposal, 1)
+            one = replace(cfg, generation_batch_size=width)
+            row["latency_s"] = round(draw(runtime, one, latency, seed)[1] / len(latency), 4)
+            print({"sampler": row["sampler"], "latency_s": row["latency_s"]}, flush=True)
+    for row in out_rows:
+        row["wall_x_ancestral"] = round(row["wall_s_per_sample"] / max(base["wall_s_per_sample"], 1e-9), 2)
+        row["latency_x_ancestral"] = round(row["latency_s"] / max(base["latency_s"], 1e-9), 2)
+    return out_rows
