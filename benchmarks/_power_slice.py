@@ -34,7 +34,7 @@ import _common as C
 from fem.configs import ProposalConfig
 from fem.drawing import PLAIN
 from fem.errors import ConfigError
-from fem.generation import check_backend_name
+from fem.generation import check_backend
 from fem.proposals.base import Trace
 from fem.recipe import parse_configs
 from fem.runtime import Runtime, build_runtime
@@ -113,7 +113,7 @@ def slice_rows(
     """The arm's rows: ancestral, low temperature, then per budget ``K x T``: best-of-K, power_mh (uniform, entropy;
     steps per stage from a pilot on 8 questions) and power_smc with K particles; then each row's latency view."""
     try:
-        check_backend_name(backend)
+        check_backend(backend)
     except ConfigError as e:
         raise SystemExit(f"fem bench power: --backend {backend}: {e}") from None
     out_rows: list[dict[str, Any]] = []
