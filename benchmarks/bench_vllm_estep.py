@@ -36,7 +36,7 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "smollm2_jud
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--examples", type=int, default=None, help="training pairs (default 32, the demo's; quick 4)")
+    p.add_argument("--examples", type=int, default=None, help="training pairs (default 32; quick 4)")
     p.add_argument("--vllm-batch", type=int, default=32, help="the vLLM runs' larger generation_batch_size")
     p.add_argument("--dtypes", nargs="+", default=None, choices=["float32", "bfloat16"], help="default: both")
     p.add_argument("--block-size", type=int, default=None, help="vllm_block_size (default: the recipe's)")

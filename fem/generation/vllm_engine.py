@@ -56,6 +56,7 @@ from vllm import LLM, envs
 from vllm.platforms import current_platform
 from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 
+from fem.errors import ConfigError
 from fem.generation.vllm_env import engine_dtype, lora_rank_bound, vllm_problem
 from fem.generation.vllm_stats import StatsTracker, StatsWorkerExtension
 
@@ -81,6 +82,7 @@ class EngineOptions:
     block_size: int | None = None  # None: the engine's default (128 on CPU, 16 on GPU)
     in_process: bool = True
     seed: int = 0
+    trust_remote_code: bool = False  # the model config's, as transformers loaded the model
 
 
 def options_from_configs(configs: Any, model: Any) -> EngineOptions:
@@ -106,6 +108,7 @@ def options_from_configs(configs: Any, model: Any) -> EngineOptions:
         max_lora_rank=configs.model.lora_r,
         lora_target_modules=lora_module_names(model, configs.model.lora_target_modules),
         seed=configs.mstep.seed,
+        trust_remote_code=bool(configs.mstep.trust_remote_code),
     )
 
 
@@ -139,7 +142,11 @@ def check_head_dim(model_dir: str) -> None:
         return
     supported = CPUAttentionBackend.get_supported_head_sizes()
     if head_dim not in supported:
-        raise ValueError(f"head size {head_dim} of {model_dir} is not supported by vLLM's CPU attention ({supported})")
+        raise ConfigError(
+            f"head size {head_dim} of {model_dir} is not supported by vLLM's CPU attention ({supported})",
+            field="backend",
+            fix="use backend: hf for this model",
+        )
 
 
 def context_length(model_dir: str) -> int:
@@ -162,6 +169,7 @@ def engine_kwargs(model_dir: str, options: EngineOptions, model_dtype: str) -> d
         enforce_eager=options.enforce_eager,
         max_num_seqs=options.max_num_seqs,
         seed=options.seed,
+        trust_remote_code=options.trust_remote_code,
         logprobs_mode="processed_logprobs",
         logits_processors=[StatsTracker],
         worker_extension_cls=f"{StatsWorkerExtension.__module__}.{StatsWorkerExtension.__qualname__}",
@@ -242,7 +250,7 @@ def create_engine(model_dir: str, options: EngineOptions, model_dtype: str = "fl
         )
     problem = vllm_problem(options.dtype if options.dtype != "auto" else model_dtype, options.block_size)
     if problem is not None:
-        raise RuntimeError(f"{problem[0]}: {problem[1]}")
+        raise ConfigError(problem[0], field="backend", fix=problem[1])
     check_head_dim(model_dir)
     kwargs = engine_kwargs(model_dir, options, model_dtype)
     with _contained_side_effects(options.in_process):

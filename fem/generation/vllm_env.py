@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from fem.errors import ConfigError
+
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
 CPU_BLOCK_MULTIPLE = 32  # vLLM's CPU attention kernels need KV blocks of a multiple of 32 tokens
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
@@ -103,4 +105,8 @@ def lora_rank_bound(rank: int) -> int:
     for allowed in LORA_RANKS:
         if allowed >= rank:
             return allowed
-    raise ValueError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {LORA_RANKS[-1]}")
+    raise ConfigError(
+        f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {LORA_RANKS[-1]}",
+        field="lora_r",
+        fix=f"use lora_r <= {LORA_RANKS[-1]} with backend: vllm, or backend: hf",
+    )

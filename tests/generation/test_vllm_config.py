@@ -111,7 +111,7 @@ def test_cli_and_dry_run_never_import_vllm(tmp_path):
 
 def test_lora_rank_bound_rounds_up_to_what_vllm_accepts():
     assert [vllm_env.lora_rank_bound(r) for r in (1, 4, 8, 9, 16, 33)] == [1, 8, 8, 16, 16, 64]
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="field 'lora_r'"):
         vllm_env.lora_rank_bound(1000)
 
 
