@@ -331,7 +331,9 @@ class VLLMBackend:
         wrapped = self.options.lora_target_modules
         targets = adapter_config.get("target_modules") or []
         targets = [targets] if isinstance(targets, str) else list(targets)
-        outside = sorted(set(targets) - set(wrapped)) if wrapped is not None else []
+        # PEFT saves short names ("q_proj") or full module paths ("model.layers.0.self_attn.q_proj"); vLLM wraps by
+        # the last component
+        outside = sorted({t for t in targets if t.rpartition(".")[2] not in wrapped}) if wrapped is not None else []
         if outside:
             raise ValueError(
                 f"the adapter targets {outside}, which the engine serves without LoRA (it wraps {wrapped})"

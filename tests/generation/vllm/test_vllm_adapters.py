@@ -89,6 +89,41 @@ def test_load_adapter_rejects_what_the_engine_cannot_serve(vllm_backend, vllm_mo
     assert vllm_backend.adapter_path is None
 
 
+def test_an_adapter_saved_with_full_module_paths_is_served(
+    vllm_backend, vllm_model_dir, hf_fresh, tmp_path, monkeypatch
+):
+    """PEFT may save target_modules as full paths ("model.layers.0.self_attn.q_proj", seen from a 2-process
+    M-step); an engine that wraps layers by their last name (as a recipe's engine does) serves such an adapter like
+    hf does, and still refuses one that targets a layer it does not wrap."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+
+    monkeypatch.setattr(vllm_backend.options, "lora_target_modules", tuple(TARGETS))
+    from fem.models import load_model as load
+
+    head = get_peft_model(load(str(vllm_model_dir)), LoraConfig(r=8, target_modules=["lm_head"]))
+    head.save_pretrained(tmp_path / "head")
+    with pytest.raises(ValueError, match="serves without LoRA"):
+        vllm_backend.load_adapter(str(tmp_path / "head"))
+
+    path = _write_adapter(vllm_model_dir, tmp_path / "full", seed=4)
+    config_file = tmp_path / "full" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    from fem.models import load_model
+
+    names = [n for n, _ in load_model(str(vllm_model_dir)).named_modules() if n.rpartition(".")[2] in TARGETS]
+    config["target_modules"] = sorted(names)
+    config_file.write_text(json.dumps(config))
+    try:
+        vllm_backend.load_adapter(path)
+        served = vllm_backend.next_token_logprobs([[1, 2, 3]])  # the engine loads the adapter for this request
+        hf_fresh.load_adapter(path)
+        assert (served - hf_fresh.next_token_logprobs([[1, 2, 3]])).abs().max() < TOL
+    finally:
+        vllm_backend.unload_adapter()
+
+
 def test_an_mstep_next_to_the_engine_trains_the_adapter_the_next_round_decodes_with(
     vllm_backend, hf_fresh, vllm_model_dir, tmp_path
 ):
