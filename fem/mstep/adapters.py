@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +70,19 @@ def verify_adapter(path: str | Path) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def disk_errors(path: Path) -> Iterator[None]:
+    """safetensors reports a full disk as a ``SafetensorError`` ("... (os error 28)"): raise it as the ``OSError``
+    it is, which the CLI turns into its one-line "free space, then resume" error."""
+    try:
+        yield
+    except SafetensorError as e:
+        for code in (errno.ENOSPC, errno.EDQUOT):
+            if f"(os error {code})" in str(e):
+                raise OSError(code, os.strerror(code), str(path)) from e
+        raise
+
+
 def _gathered_save(trainer, out: Path) -> None:
     """Save from a gathered full state dict (ZeRO-3 partitions parameters; a plain save writes empty tensors)."""
     state_dict = trainer.accelerator.get_state_dict(trainer.deepspeed if trainer.deepspeed else trainer.model)
@@ -82,7 +99,8 @@ def save_adapter(trainer, adapter_dir: Path) -> dict[str, Any]:
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    trainer.save_model(str(tmp))
+    with disk_errors(tmp):
+        trainer.save_model(str(tmp))
     accelerator.wait_for_everyone()
     ok, diverged = True, None
     if accelerator.is_main_process:
@@ -100,7 +118,8 @@ def save_adapter(trainer, adapter_dir: Path) -> dict[str, Any]:
     if diverged is not None:  # every rank stops with the same line; nothing is renamed into place
         raise NonFiniteAdapterError(diverged, fix="lower learning_rate or max_grad_norm, then train again")
     if not ok:
-        _gathered_save(trainer, tmp)
+        with disk_errors(tmp):
+            _gathered_save(trainer, tmp)
         accelerator.wait_for_everyone()
     stats: dict[str, Any] = {}
     if accelerator.is_main_process:
