@@ -34,9 +34,8 @@ FAST_OVERRIDES = [
 ]
 
 
-def launch(config: str, out: Path, env: dict, extra: list[str] | None = None) -> subprocess.CompletedProcess:
-    """``accelerate launch`` of ``fem train`` on the smoke recipe with 2 processes (``extra``: its overrides, default
-    ``FAST_OVERRIDES``)."""
+def launch_fem(*args: str, env: dict, config: str = "cpu_ddp.yaml") -> subprocess.CompletedProcess:
+    """``accelerate launch -m fem ARGS`` with 2 processes under ``accelerate_configs/CONFIG``."""
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     cmd = [
         accelerate,
@@ -51,18 +50,28 @@ def launch(config: str, out: Path, env: dict, extra: list[str] | None = None) ->
         "0",
         "-m",
         "fem",
+        *args,
+    ]
+    return subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, **env, "OMP_NUM_THREADS": "1"}
+    )
+
+
+def launch(config: str, out: Path, env: dict, extra: list[str] | None = None) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of ``fem train`` on the smoke recipe with 2 processes (``extra``: its overrides, default
+    ``FAST_OVERRIDES``)."""
+    overrides = FAST_OVERRIDES if extra is None else extra
+    args = [
         "train",
         "--config",
         SMOKE_RECIPE,
         "--output_dir",
         str(out),
-        *(FAST_OVERRIDES if extra is None else extra),
+        *overrides,
         "--per_device_train_batch_size",
         "4",
     ]
-    return subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, **env, "OMP_NUM_THREADS": "1"}
-    )
+    return launch_fem(*args, env=env, config=config)
 
 
 def failure(result: subprocess.CompletedProcess) -> str:

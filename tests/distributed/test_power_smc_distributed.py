@@ -5,38 +5,13 @@ size; a chunk's particle systems are decoded on one rank)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import FAST_OVERRIDES, ROOT, SMOKE_RECIPE, run_fem
+from helpers import FAST_OVERRIDES, SMOKE_RECIPE, launch_fem, run_fem
 
 SMC = ["--proposal", "power_smc", "--smc_particles", "4", "--rounds", "1", "--max_new_tokens", "3"]
 EVAL = ["--proposals", "ancestral,power_smc", "--smc_particles", "4", "--eval_limit", "12", "--max_new_tokens", "3"]
-
-
-def launch(*args: str, env: dict) -> subprocess.CompletedProcess:
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    cmd = [
-        accelerate,
-        "launch",
-        "--config_file",
-        str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"),
-        "--num_processes",
-        "2",
-        "--mixed_precision",
-        "no",
-        "--main_process_port",
-        "0",
-        "-m",
-        "fem",
-        *args,
-    ]
-    return subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, **env, "OMP_NUM_THREADS": "1"}
-    )
 
 
 def records(path: Path, fields: tuple[str, ...]) -> list[tuple]:
@@ -53,7 +28,7 @@ def records(path: Path, fields: tuple[str, ...]) -> list[tuple]:
 def test_power_smc_estep_and_eval_under_two_processes(tmp_path):
     env = {"FEM_CACHE": str(tmp_path / "fem_cache")}
     runs = {}
-    for name, runner in (("single", run_fem), ("ddp", launch)):
+    for name, runner in (("single", run_fem), ("ddp", launch_fem)):
         out = tmp_path / name
         train = ["train", "--config", SMOKE_RECIPE, "--output_dir", str(out / "train"), *FAST_OVERRIDES, *SMC]
         ev = ["eval", "--config", SMOKE_RECIPE, "--output_dir", str(out / "eval_run"), *EVAL]
