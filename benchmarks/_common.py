@@ -342,6 +342,7 @@ COLUMNS = {
     ],
     "power": [
         "model",
+        "backend",
         "budget_xT",
         "sampler",
         "accuracy",

@@ -14,8 +14,13 @@ latency view (``latency_x_ancestral``, the published papers' measure) serves one
 first ``latency_n`` questions: ancestral and power_mh decode 1 sequence per call, best-of-K and power_smc their K
 candidates or particles as one batch, so a wider batch that costs little more shows up as a smaller multiple.
 
-The model runs through fem's runtime on the backend the recipe names (``--backend``): ``hf``, or ``vllm`` once
-that backend is registered in ``fem.generation``.
+**Equal tokens.** A budget ``K`` is ``K`` ancestral samples' worth of decoded tokens, measured (a real model stops
+at EOS well before ``T``): best-of-K spends it by construction, power_mh takes the MH steps and power_smc the number
+of particles (each about one temperature-1/alpha draw) that a pilot on 8 questions finds to spend it; the table
+shows what each row actually decoded.
+
+The model runs through fem's runtime on each backend of ``--backend`` (``hf``, ``vllm``, or ``hf,vllm``: the same
+rows on both, each backend's multiples of its own ancestral sample).
 """
 
 from __future__ import annotations
@@ -104,18 +109,40 @@ def slice_rows(
     multiples: Sequence[int],
     *,
     model: str = "smollm2-135m-instruct",
-    backend: str = "hf",
+    backends: Sequence[str] = ("hf",),
     rows: int = 16,
     latency_n: int = 8,
     alpha: float = 4.0,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """The arm's rows: ancestral, low temperature, then per budget ``K x T``: best-of-K, power_mh (uniform, entropy;
-    steps per stage from a pilot on 8 questions) and power_smc with K particles; then each row's latency view."""
-    try:
-        check_backend(backend)
-    except ConfigError as e:
-        raise SystemExit(f"fem bench power: --backend {backend}: {e}") from None
+    """The arm's rows on each backend in ``backends`` (module docstring)."""
+    for backend in backends:
+        try:
+            check_backend(backend)
+        except ConfigError as e:
+            raise SystemExit(f"fem bench power: --backend {backend}: {e}") from None
+    out: list[dict[str, Any]] = []
+    for backend in backends:
+        out += backend_rows(task, split, n, T, multiples, model, backend, rows, latency_n, alpha, seed)
+    return out
+
+
+def backend_rows(
+    task: str,
+    split: str,
+    n: int,
+    T: int,
+    multiples: Sequence[int],
+    model: str,
+    backend: str,
+    rows: int,
+    latency_n: int,
+    alpha: float,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Ancestral and low temperature, then per budget of ``K`` ancestral samples' tokens (``K x`` ancestral's mean
+    decoded tokens, measured here): best-of-K, power_mh (uniform, entropy) with the steps and power_smc with the
+    particles that a pilot on 8 questions finds to spend that budget; then each row's latency view."""
     out_rows: list[dict[str, Any]] = []
     configs: list[ProposalConfig] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,63 +151,77 @@ def slice_rows(
             RECIPE.format(model=model, backend=backend, task=task, T=T, rows=rows, out=Path(tmp) / "run", seed=seed)
         )
         runtime = build_runtime(parse_configs(["--config", str(recipe)]), current_world())
-        examples = spread(runtime.task.load(split), n)
-        chance = sum(1 / len(runtime.task.options(e)) for e in examples) / len(examples)
-        common = dict(power_alpha=alpha, max_new_tokens=T, power_block_size=max(1, T // 8), generation_batch_size=rows)
-        label = f"{model} {task}/{split}[{len(examples)}] T={T}"
+        try:
+            examples = spread(runtime.task.load(split), n)
+            options = [runtime.task.options(e) for e in examples]
+            chance = sum(1 / len(o) for o in options if o) / len(examples)  # open answers (math): 0
+            common = dict(
+                power_alpha=alpha, max_new_tokens=T, power_block_size=max(1, T // 8), generation_batch_size=rows
+            )
+            label = f"{model} {task}/{split}[{len(examples)}] T={T}"
+            pilot_examples = examples[: min(8, len(examples))]
 
-        def add(budget: int | None, name: str, cfg: ProposalConfig) -> dict[str, Any]:
-            samples, wall = draw(runtime, cfg, examples, seed)
-            traces = [s.trace for s in samples]
-            k = sum(s.reward for s in samples)
-            row = {
-                "model": label,
-                "budget_xT": budget,
-                "sampler": name,
-                "accuracy": round(k / len(samples), 4),
-                "accuracy_ci95": wilson(k, len(samples)),
-                "chance": round(chance, 4),
-                "mean_alpha_logp": round(sum(alpha * t.sum_logp for t in traces) / len(traces), 3),
-                "mean_logp": round(sum(t.sum_logp for t in traces) / len(traces), 3),
-                "tokens_per_sample": round(sum(t.cost.tokens_decoded for t in traces) / len(traces), 1),
-                "wall_s_per_sample": round(wall / len(traces), 4),
-                "answers": dict(sorted(Counter(str(s.prediction.extracted) for s in samples).items())),
-                "load": C.load(),
-            }
-            if cfg.proposal == "power_smc":
-                row["smc_resamples"] = round(sum(t.info["resamples"] for t in traces) / len(traces), 2)
-                row["smc_final_ess"] = round(sum(t.info["final_ess"] for t in traces) / len(traces), 3)
-            out_rows.append(row)
-            configs.append(cfg)
-            print({k: v for k, v in row.items() if k != "answers"}, flush=True)
-            return row
+            def pilot_tokens(cfg: ProposalConfig) -> float:
+                samples = draw(runtime, cfg, pilot_examples, seed + 1)[0]
+                return sum(s.trace.cost.tokens_decoded for s in samples) / len(samples)
 
-        base = add(None, "ancestral (tau 1)", ProposalConfig(proposal="ancestral", **common))
-        add(
-            None,
-            "low temperature (tau 1/alpha)",
-            ProposalConfig(proposal="ancestral", temperature=1 / alpha, **common),
-        )
-        pilot_examples = examples[: min(8, len(examples))]
-        for K in multiples:
-            add(K, f"best-of-{K}", ProposalConfig(proposal="best_of_n", best_of_n=K, **common))
-            for cut in ("uniform", "entropy"):
-                mh = dict(proposal="power_mh", power_cut=cut, **common)
-                spent = [
-                    sum(s.trace.cost.tokens_decoded for s in draw(runtime, ProposalConfig(power_mh_steps=N, **mh),
-                                                                   pilot_examples, seed + 1)[0])
-                    / len(pilot_examples)
-                    for N in (0, 1)
-                ]  # fmt: skip
-                steps = max(1, round((K * T - spent[0]) / max(spent[1] - spent[0], 1.0)))
-                add(K, f"power_mh {cut} (N={steps})", ProposalConfig(power_mh_steps=steps, **mh))
-            add(K, f"power_smc ({K} particles)", ProposalConfig(proposal="power_smc", smc_particles=K, **common))
-        latency = examples[: min(latency_n, len(examples))]
-        for row, cfg in zip(out_rows, configs, strict=True):  # one question per call: its own batch width
-            width = {"best_of_n": cfg.best_of_n, "power_smc": cfg.smc_particles}.get(cfg.proposal, 1)
-            one = replace(cfg, generation_batch_size=width)
-            row["latency_s"] = round(draw(runtime, one, latency, seed)[1] / len(latency), 4)
-            print({"sampler": row["sampler"], "latency_s": row["latency_s"]}, flush=True)
+            def add(budget: int | None, name: str, cfg: ProposalConfig) -> dict[str, Any]:
+                samples, wall = draw(runtime, cfg, examples, seed)
+                traces = [s.trace for s in samples]
+                k = sum(s.reward for s in samples)
+                row = {
+                    "model": label,
+                    "backend": backend,
+                    "budget_xT": budget,
+                    "sampler": name,
+                    "accuracy": round(k / len(samples), 4),
+                    "accuracy_ci95": wilson(k, len(samples)),
+                    "chance": round(chance, 4),
+                    "mean_alpha_logp": round(sum(alpha * t.sum_logp for t in traces) / len(traces), 3),
+                    "mean_logp": round(sum(t.sum_logp for t in traces) / len(traces), 3),
+                    "tokens_per_sample": round(sum(t.cost.tokens_decoded for t in traces) / len(traces), 1),
+                    "wall_s_per_sample": round(wall / len(traces), 4),
+                    "answers": dict(sorted(Counter(str(s.prediction.extracted) for s in samples).items())),
+                    "load": C.load(),
+                }
+                if cfg.proposal == "power_smc":
+                    row["smc_resamples"] = round(sum(t.info["resamples"] for t in traces) / len(traces), 2)
+                    row["smc_final_ess"] = round(sum(t.info["final_ess"] for t in traces) / len(traces), 3)
+                out_rows.append(row)
+                configs.append(cfg)
+                print({k: v for k, v in row.items() if k != "answers"}, flush=True)
+                return row
+
+            base = add(None, "ancestral (tau 1)", ProposalConfig(proposal="ancestral", **common))
+            low = add(
+                None,
+                "low temperature (tau 1/alpha)",
+                ProposalConfig(proposal="ancestral", temperature=1 / alpha, **common),
+            )
+            for K in multiples:
+                budget = K * base["tokens_per_sample"]  # K ancestral samples' worth of decoded tokens
+                add(K, f"best-of-{K}", ProposalConfig(proposal="best_of_n", best_of_n=K, **common))
+                for cut in ("uniform", "entropy"):
+                    mh = dict(proposal="power_mh", power_cut=cut, **common)
+                    spent = [pilot_tokens(ProposalConfig(power_mh_steps=N, **mh)) for N in (0, 1)]
+                    steps = max(1, round((budget - spent[0]) / max(spent[1] - spent[0], 1.0)))
+                    add(K, f"power_mh {cut} (N={steps})", ProposalConfig(power_mh_steps=steps, **mh))
+                particles = max(
+                    2, round(budget / max(low["tokens_per_sample"], 1.0))
+                )  # a particle ~ a tau 1/alpha draw
+                add(
+                    K,
+                    f"power_smc ({particles} particles)",
+                    ProposalConfig(proposal="power_smc", smc_particles=particles, **common),
+                )
+            latency = examples[: min(latency_n, len(examples))]
+            for row, cfg in zip(out_rows, configs, strict=True):  # one question per call: its own batch width
+                width = {"best_of_n": cfg.best_of_n, "power_smc": cfg.smc_particles}.get(cfg.proposal, 1)
+                one = replace(cfg, generation_batch_size=width)
+                row["latency_s"] = round(draw(runtime, one, latency, seed)[1] / len(latency), 4)
+                print({"sampler": row["sampler"], "latency_s": row["latency_s"]}, flush=True)
+        finally:
+            runtime.close()
     for row in out_rows:
         row["wall_x_ancestral"] = round(row["wall_s_per_sample"] / max(base["wall_s_per_sample"], 1e-9), 2)
         row["latency_x_ancestral"] = round(row["latency_s"] / max(base["latency_s"], 1e-9), 2)

@@ -212,7 +212,7 @@ def real_settings(args: argparse.Namespace) -> dict:
         "multiples": [int(x) for x in args.slice_multiples.split(",")]
         if args.slice_multiples
         else quick.get("multiples", SLICE_MULTIPLES),
-        "backend": args.backend,
+        "backends": args.backend.split(","),
         "rows": args.rows,
         "latency_n": args.latency_n or quick.get("n", 8),
         "alpha": ALPHA,
@@ -235,12 +235,20 @@ def goals(rows: list[dict], models: list[str], multiples: list[int], real: dict 
                  "power_smc_log_pi": smc["mean_log_pi"], "best_power_mh_log_pi": mh["mean_log_pi"]},
                 smc["accuracy"] >= mh["accuracy"] - 0.03,
             )  # fmt: skip
-    for k in real["multiples"] if real else []:
-        at = [r for r in rows if r["model"].startswith(real["model"]) and r["budget_xT"] == k]
+    for backend, k in [(b, k) for b in real["backends"] for k in real["multiples"]] if real else []:
+        real_rows = [r for r in rows if r.get("backend") == backend]
+        base = next(r for r in real_rows if r["sampler"].startswith("ancestral"))
+        out[f"slice_above_chance_{backend}"] = C.goal(
+            f"{base['model']} on {backend}: ancestral accuracy above chance (95% interval)",
+            {"accuracy": base["accuracy"], "ci95": base["accuracy_ci95"], "chance": base["chance"]},
+            base["accuracy_ci95"][0] > base["chance"],
+        )
+        at = [r for r in real_rows if r["budget_xT"] == k]
         smc = next(r for r in at if r["sampler"].startswith("power_smc"))
         mh = max((r for r in at if r["sampler"].startswith("power_mh")), key=lambda r: r["accuracy"])
-        out[f"slice_x{k}"] = C.goal(
-            f"{at[0]['model']}, {k}xT tokens: power_smc latency <= 3.5x one ancestral sample (MH beside it)",
+        out[f"slice_{backend}_x{k}"] = C.goal(
+            f"{at[0]['model']} on {backend}, {k} ancestral samples' tokens: power_smc latency <= 3.5x one ancestral "
+            "sample (MH beside it)",
             {"power_smc_latency_x": smc["latency_x_ancestral"], "power_mh_latency_x": mh["latency_x_ancestral"],
              "power_smc_wall_x": smc["wall_x_ancestral"], "power_mh_wall_x": mh["wall_x_ancestral"],
              "power_smc_accuracy": smc["accuracy"], "best_power_mh_accuracy": mh["accuracy"]},
@@ -258,7 +266,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slice-n", type=int, default=None, help=f"real arm: questions (default {SLICE_N})")
     p.add_argument("--slice-t", type=int, default=None, help=f"real arm: rationale tokens T (default {SLICE_T})")
     p.add_argument("--slice-multiples", default=None, help="real arm: budgets in multiples of T (default 4)")
-    p.add_argument("--backend", default="hf", help="real arm: generation backend, hf or vllm (once registered)")
+    p.add_argument("--backend", default="hf", help="real arm: generation backends, hf, vllm or hf,vllm")
     p.add_argument("--rows", type=int, default=16, help="real arm: sequences per backend call for every sampler")
     p.add_argument("--latency-n", type=int, default=None, help="real arm: questions of the latency view (8)")
 

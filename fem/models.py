@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations import deepspeed as hf_deepspeed
 
 from fem.errors import ConfigError
+from fem.generation.vllm_env import weights_dtype
 from fem.testing.tiny import save_tiny_model
 from fem.utils.distributed import process_rank
 
@@ -124,7 +125,7 @@ def hf_model_dir(name_or_path: str, gguf_file: str | None = None, model=None, to
         model = load_model(name_or_path, gguf_file=gguf_file)
     if tokenizer is None:
         tokenizer = load_tokenizer(name_or_path, gguf_file=gguf_file)
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    dtype = weights_dtype(model)
     stat = source.stat()
     digest = hashlib.sha1(f"{source}:{stat.st_size}:{stat.st_mtime_ns}:{dtype}".encode()).hexdigest()[:12]
     out = Path(os.environ.get("FEM_CACHE", Path.home() / ".cache" / "fem")) / "hf" / f"{source.stem}-{digest}"

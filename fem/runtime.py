@@ -11,7 +11,7 @@ from typing import Any
 from fem.configs import ProposalConfig
 from fem.drawing import PLAIN, ProposalDrawer, render_prompt
 from fem.generation import build_backend
-from fem.generation.base import GenerationBackend, SupportsPromptReuse
+from fem.generation.base import Closeable, GenerationBackend, SupportsPromptReuse
 from fem.models import hf_model_dir, load_model_and_tokenizer
 from fem.proposals import build_proposal
 from fem.proposals.base import Proposal
@@ -34,6 +34,11 @@ class Runtime:
     tokenizer: Any
     backend: GenerationBackend
     world: World
+
+    def close(self) -> None:
+        """Release what the backend holds (a vLLM engine and its memory); the runtime is unusable afterwards."""
+        if isinstance(self.backend, Closeable):
+            self.backend.close()
 
     def plain_messages(self, example: Example) -> Messages:
         """The plain prompt (the task adds the recipe's system prompt)."""
@@ -119,7 +124,11 @@ def build_runtime(configs: Configs, world: World) -> Runtime:
         model_dir=lambda: hf_model_dir(model_cfg.model_name_or_path, configs.em.gguf_file, model, tokenizer),
     )
     runtime = Runtime(configs=configs, task=task, model=model, tokenizer=tokenizer, backend=backend, world=world)
-    check_eval_confidence(runtime)
+    try:
+        check_eval_confidence(runtime)
+    except BaseException:
+        runtime.close()  # no engine outlives a refused setup
+        raise
     return runtime
 
 

@@ -246,7 +246,7 @@ def test_fem_vllm_backend_serves_the_merged_export(tmp_path):
     assert fem_export(str(run), "--out", str(out), "--merge") == 0
     merged, tokenizer = load_model_and_tokenizer(str(out))
     hf, base_hf = HFBackend(merged, tokenizer), HFBackend(load_model_and_tokenizer(str(base_dir))[0], tokenizer)
-    options = EngineOptions(max_model_len=256, kv_cache_gib=0.0625, enable_lora=False, in_process=False)
+    options = EngineOptions(max_model_len=256, kv_cache_gib=0.0625, adapter_mode="merge", in_process=False)
     backend = VLLMBackend(merged, tokenizer, model_dir=str(out), options=options)
     try:
         prompts = [encoded(tokenizer, p)["input_ids"][0].tolist() for p in PROMPTS]

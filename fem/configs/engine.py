@@ -72,6 +72,15 @@ class EngineConfig:
         default=256,
         metadata={"help": "Most sequences the engine decodes together.", "min": 1, "fix": "set e.g. 256"},
     )
+    vllm_adapter_mode: str = field(
+        default="merge",
+        metadata={
+            "help": "How each round's LoRA adapter is served: merge (its weights merged into the engine's, as TRL's "
+            "colocate sync does: the engine runs without LoRA, as fast as the base model) or lora (vLLM's LoRA "
+            "layers, a new adapter id per round; DoRA adapters need it).",
+            "choices": ("merge", "lora"),
+        },
+    )
     vllm_enforce_eager: bool = field(
         default=True,
         metadata={"help": "No CUDA graphs / torch.compile: fast start (false can decode faster on a GPU)."},

@@ -167,3 +167,10 @@ class SupportsPromptReuse(Protocol):
     prefix that extends one (the forced-answer read-out after a rationale) from the kept prompt."""
 
     def reuse_prompts(self) -> AbstractContextManager[None]: ...
+
+
+@runtime_checkable
+class Closeable(Protocol):
+    """A backend that holds an engine (processes, device memory) until ``close()``; unusable afterwards."""
+
+    def close(self) -> None: ...

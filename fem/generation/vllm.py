@@ -47,8 +47,13 @@ token).
 the batch; the engine schedules whole prompts (see ``vllm_engine``), which keeps seeded requests working for prompts
 of any length.
 
-**Adapters.** ``load_adapter`` registers each adapter under a new LoRA name and id (a reused name could be served from
-stale prefix-cache blocks) and removes the previous one; every later request carries the last loaded adapter.
+**Adapters.** ``adapter_mode="merge"`` (the recipe default): ``load_adapter`` computes the adapted layers' weights
+from the transformers model (``adapter_weights``: PEFT's delta, out of place), reloads the served model with
+them in place (vLLM's ``reload_weights``, as TRL's colocate mode syncs weights) and resets the prefix cache; unloading
+reloads the base weights. The engine then runs without LoRA layers: decoding with an adapter is as fast as without one (vLLM's
+CPU LoRA kernels cost several times the base model's decode). ``"lora"``: each adapter is registered under a new
+LoRA name and id (a reused name could be served from stale prefix-cache blocks) and the previous one removed; every
+later request carries the last loaded adapter.
 """
 
 from __future__ import annotations
@@ -70,12 +75,13 @@ from vllm.inputs import TokensPrompt  # noqa: E402
 from vllm.lora.request import LoRARequest  # noqa: E402
 from vllm.sampling_params import RequestOutputKind  # noqa: E402
 
+from fem.generation.adapter_weights import full_weights, merged_weights  # noqa: E402
 from fem.generation.base import STATS, Continuation, DecodeStats, SamplingParams, StopCallback  # noqa: E402
 from fem.generation.hf import eos_ids_of  # noqa: E402
 from fem.generation.vllm_decode import DecodeRun  # noqa: E402
 from fem.generation.vllm_engine import EngineOptions, create_engine, options_from_configs, shutdown_engine  # noqa: E402
-from fem.generation.vllm_env import lora_rank_bound  # noqa: E402
-from fem.generation.vllm_stats import EXTRA_ARGS_KEY  # noqa: E402
+from fem.generation.vllm_env import lora_rank_bound, weights_dtype  # noqa: E402
+from fem.generation.vllm_stats import EXTRA_ARGS_KEY, row_tensor  # noqa: E402
 
 
 class VLLMBackend:
@@ -100,10 +106,9 @@ class VLLMBackend:
             raise ValueError("the tokenizer and the model's generation config name no EOS token")
         self.options = options or EngineOptions()
         self.model_dir = str(model_dir)
-        model_dtype = "float32"
-        if model is not None:
-            model_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        self.llm = create_engine(self.model_dir, self.options, model_dtype)
+        self.llm = create_engine(
+            self.model_dir, self.options, weights_dtype(model) if model is not None else "float32"
+        )
         self.engine = self.llm.llm_engine
         mode = self.engine.model_config.logprobs_mode
         if mode != "processed_logprobs":
@@ -114,6 +119,8 @@ class VLLMBackend:
         self._request_ids = itertools.count()
         self._lora_ids = itertools.count(1)
         self._lora: Any = None
+        self._model = model  # the base weights merged adapters are computed from (adapter_mode="merge")
+        self._merged = False
         self._adapter_path: str | None = None
 
     @classmethod
@@ -313,18 +320,38 @@ class VLLMBackend:
         missing = [k for k in keys if rows.get(k) is None or rows[k][2] is None]
         if missing:
             raise RuntimeError(f"vLLM backend: no next-token row for {len(missing)} read-out request(s)")
-        return torch.stack([rows[k][2] for k in keys]).float().cpu()
+        return torch.stack([row_tensor(rows[k][2]) for k in keys])
 
     # ------------------------------------------------------------------ adapters
     def load_adapter(self, path: str) -> None:
-        """Serve the PEFT adapter at ``path`` from now on, under a new LoRA id (the previous one is removed)."""
-        if not self.options.enable_lora:
-            raise RuntimeError("the vLLM engine was built without LoRA support (EngineOptions.enable_lora=False)")
+        """Serve the PEFT adapter at ``path`` from now on (the previous one is dropped): merged into the engine's
+        weights (``adapter_mode="merge"``) or under a new LoRA id (``"lora"``). Either way the prefix cache holds no
+        block computed with other weights afterwards."""
         folder = Path(path).resolve()
         config_file = folder / "adapter_config.json"
         if not config_file.is_file():
             raise FileNotFoundError(f"{folder} holds no adapter_config.json (not a PEFT adapter)")
-        adapter_config = json.loads(config_file.read_text())
+        if self.options.adapter_mode == "merge":
+            self._load_merged(folder)
+        else:
+            self._load_lora(folder, json.loads(config_file.read_text()))
+        self._adapter_path = str(path)
+
+    def _load_merged(self, folder: Path) -> None:
+        if self._model is None:
+            raise RuntimeError("adapter_mode merge needs the transformers model the backend was built with")
+        if self.engine.vllm_config.lora_config is not None:
+            raise RuntimeError(
+                "this engine was built with LoRA layers (adapter_mode lora): it serves adapters as LoRA"
+            )
+        merged = merged_weights(self._model, folder)
+        self.unload_adapter()
+        self._push_weights(full_weights(self._model, merged))
+        self._merged = True
+
+    def _load_lora(self, folder: Path, adapter_config: dict[str, Any]) -> None:
+        if self.options.adapter_mode != "lora":
+            raise RuntimeError(f"adapter_mode {self.options.adapter_mode!r}: the engine serves no LoRA")
         rank = int(adapter_config.get("r", 0))
         if rank > lora_rank_bound(self.options.max_lora_rank):
             raise ValueError(f"adapter rank {rank} exceeds the engine's max_lora_rank {self.options.max_lora_rank}")
@@ -343,11 +370,19 @@ class VLLMBackend:
         self.engine.add_lora(request)
         self.unload_adapter()
         self._lora = request
-        self._adapter_path = str(path)
+
+    def _push_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+        """Reload the served model from the checkpoint ``weights`` in place (vLLM's ``reload_weights``, which redoes
+        its post-load weight processing) and forget every cached prefix (computed with the old weights)."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        self.reset_prefix_cache()
 
     def unload_adapter(self) -> None:
         """Back to the base weights."""
         if self._lora is not None:
             self.engine.remove_lora(self._lora.lora_int_id)
+        if self._merged:
+            self._push_weights(full_weights(self._model))
         self._lora = None
+        self._merged = False
         self._adapter_path = None

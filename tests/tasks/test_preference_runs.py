@@ -183,3 +183,32 @@ def test_stated_mean_with_a_tokenizer_that_merges_digits_is_a_one_line_error_bef
     assert not (tmp_path / "out_explicit_standard" / "eval").exists() or not any(
         (tmp_path / "out_explicit_standard" / "eval").rglob("predictions.jsonl")
     )  # nothing was evaluated
+
+
+def test_a_setup_refused_after_the_backend_is_built_closes_it(tmp_path, monkeypatch):
+    """``build_runtime`` closes a backend that holds an engine when a check after its construction refuses the
+    recipe: no engine (a vLLM process, its memory) outlives a ConfigError."""
+    import fem.runtime as runtime_module
+    from fem.errors import ConfigError
+    from fem.recipe import parse_configs
+    from fem.runtime import build_runtime
+    from fem.utils.distributed import World
+
+    closed = []
+
+    class EngineBackend:  # an engine-holding backend: the hf one plus close()
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def close(self):
+            closed.append(True)
+
+    built = runtime_module.build_backend
+    monkeypatch.setattr(runtime_module, "build_backend", lambda *a, **k: EngineBackend(built(*a, **k)))
+    config = recipe(tmp_path, "explicit_standard", eval_confidence="stated_mean")
+    with pytest.raises(ConfigError, match="digit by digit"):
+        build_runtime(parse_configs(["--config", config]), World())
+    assert closed == [True]

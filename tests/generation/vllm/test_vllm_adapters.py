@@ -1,6 +1,7 @@
 """Adapters between rounds: the vLLM backend decodes with exactly the adapter last loaded, including a second version
 written to the same path (a reused LoRA name could be served from stale prefix-cache blocks), and unloading restores
-the base model. The reference is the hf backend with the same adapter."""
+the base model, in both adapter modes (merged into the served weights, or vLLM LoRA). The reference is the hf backend
+with the same adapter."""
 
 from __future__ import annotations
 
@@ -39,7 +40,29 @@ def hf_fresh(vllm_model_dir):
     return HFBackend(*load_model_and_tokenizer(str(vllm_model_dir)))
 
 
-def test_each_round_decodes_with_the_last_loaded_adapter(vllm_backend, hf_fresh, vllm_model_dir, tmp_path):
+@pytest.fixture(scope="module")
+def lora_backend(vllm_model_dir, hf_ref):
+    """An engine serving adapters as vLLM LoRA (``adapter_mode="lora"``), in its own process (the session's
+    in-process engine merges them)."""
+    from fem.generation.vllm import VLLMBackend
+    from fem.generation.vllm_engine import EngineOptions
+
+    options = EngineOptions(
+        max_model_len=512, kv_cache_gib=0.0625, adapter_mode="lora", max_lora_rank=8, block_size=32, in_process=False
+    )
+    backend = VLLMBackend(hf_ref.model, hf_ref.tokenizer, model_dir=str(vllm_model_dir), options=options)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(params=["merge", "lora"])
+def served(request, vllm_backend):
+    """The backend under test in each adapter mode."""
+    return vllm_backend if request.param == "merge" else request.getfixturevalue("lora_backend")
+
+
+def test_each_round_decodes_with_the_last_loaded_adapter(served, hf_fresh, vllm_model_dir, tmp_path):
+    vllm_backend = served
     block = vllm_backend.engine.vllm_config.cache_config.block_size
     long = hf_fresh.encode("Response A Response B Instruction: which response is better? " * 40)[: block + 9]
     prefixes = [long, long[: block + 3], hf_fresh.encode("Verdict: A")]
@@ -75,7 +98,30 @@ def test_each_round_decodes_with_the_last_loaded_adapter(vllm_backend, hf_fresh,
     assert (vllm_backend.next_token_logprobs(prefixes) - base).abs().max() < 1e-5
 
 
-def test_load_adapter_rejects_what_the_engine_cannot_serve(vllm_backend, vllm_model_dir, tmp_path):
+def test_merging_leaves_the_base_weights_untouched_and_refuses_dora(vllm_backend, vllm_model_dir, tmp_path):
+    """The merged weights are computed out of place: the transformers model the M-step trains next keeps its exact
+    weights and comes back without adapter layers; a DoRA adapter (not an additive delta) is refused."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from fem.generation.adapter_weights import merged_weights
+    from fem.models import load_model
+
+    model = vllm_backend._model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    merged = merged_weights(model, _write_adapter(vllm_model_dir, tmp_path / "a", seed=5))
+    assert sorted(merged) == sorted(n for n in before if n.rpartition(".")[0].rpartition(".")[2] in TARGETS)
+    assert all((merged[n] - before[n]).abs().max() > 0 for n in merged)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())
+    dora = get_peft_model(load_model(str(vllm_model_dir)), LoraConfig(r=8, target_modules=["q_proj"], use_dora=True))
+    dora.save_pretrained(tmp_path / "dora")
+    with pytest.raises(ValueError, match="DoRA"):
+        merged_weights(model, tmp_path / "dora")
+
+
+def test_load_adapter_rejects_what_the_engine_cannot_serve(lora_backend, vllm_model_dir, tmp_path):
+    vllm_backend = lora_backend
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         vllm_backend.load_adapter(str(tmp_path))
     from peft import LoraConfig, get_peft_model
@@ -90,7 +136,7 @@ def test_load_adapter_rejects_what_the_engine_cannot_serve(vllm_backend, vllm_mo
 
 
 def test_an_adapter_saved_with_full_module_paths_is_served(
-    vllm_backend, vllm_model_dir, hf_fresh, tmp_path, monkeypatch
+    lora_backend, vllm_model_dir, hf_fresh, tmp_path, monkeypatch
 ):
     """PEFT may save target_modules as full paths ("model.layers.0.self_attn.q_proj", seen from a 2-process
     M-step); an engine that wraps layers by their last name (as a recipe's engine does) serves such an adapter like
@@ -99,6 +145,7 @@ def test_an_adapter_saved_with_full_module_paths_is_served(
 
     from peft import LoraConfig, get_peft_model
 
+    vllm_backend = lora_backend
     monkeypatch.setattr(vllm_backend.options, "lora_target_modules", tuple(TARGETS))
     from fem.models import load_model as load
 

@@ -65,7 +65,7 @@ def test_engine_in_its_own_process_gives_the_same_statistics(vllm_model_dir, hf_
     from fem.generation.vllm import VLLMBackend
     from fem.generation.vllm_engine import EngineOptions
 
-    options = EngineOptions(max_model_len=256, kv_cache_gib=0.0625, enable_lora=False, in_process=False)
+    options = EngineOptions(max_model_len=256, kv_cache_gib=0.0625, adapter_mode="merge", in_process=False)
     backend = VLLMBackend(hf_ref.model, hf_ref.tokenizer, model_dir=str(vllm_model_dir), options=options)
     try:
         prompts = [hf_ref.encode("Question: what is 2 + 3?"), hf_ref.encode("Verdict: A")]
