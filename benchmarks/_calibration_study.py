@@ -50,6 +50,8 @@ def recipe(task: str, out: Path, args: Any) -> dict[str, Any]:
     return {
         "model_name_or_path": args.model,
         "dtype": "float32",
+        "backend": args.backend,
+        "vllm_dtype": args.vllm_dtype,
         "lora_r": 16,
         "lora_alpha": 32,
         "lora_dropout": 0.0,
@@ -332,5 +334,6 @@ def run_dataset(task_name: str, args: Any, out: Path) -> dict[str, Any]:
         }
         add(name, "stated", records, **kept)
         add(name, "readout", records, **kept)
+    runtime.close()
     cost = {"phases": clock.phases, "units": units}
     return {"rows": rows, "cost": cost}

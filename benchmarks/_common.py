@@ -293,6 +293,7 @@ COLUMNS = {
         "model",
         "dtype",
         "batch",
+        "adapter",
         "generate_loop_tokens_per_s",
         "hf_tokens_per_s",
         "vllm_tokens_per_s",
@@ -301,6 +302,7 @@ COLUMNS = {
         "vllm_vs_generate_loop",
         "vllm_fraction_of_roofline",
         "hf_fraction_of_roofline",
+        "vllm_vs_no_adapter",
         "load",
     ],
     "vllm_estep": [

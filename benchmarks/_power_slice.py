@@ -192,6 +192,9 @@ def backend_rows(
                 print({k: v for k, v in row.items() if k != "answers"}, flush=True)
                 return row
 
+            draw(
+                runtime, ProposalConfig(proposal="ancestral", **common), examples[:rows], seed + 2
+            )  # warm-up, untimed
             base = add(None, "ancestral (tau 1)", ProposalConfig(proposal="ancestral", **common))
             low = add(
                 None,

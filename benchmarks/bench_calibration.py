@@ -47,6 +47,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples per interval")
     p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--backend", default="hf", help="generation backend of E-steps and evals: hf or vllm")
+    p.add_argument("--vllm-dtype", default="fastest", help="backend vllm: the engine's dtype (vllm_dtype)")
     p.add_argument("--selection", action="store_true", help="evaluate on held-out train pairs, not the eval split")
     p.add_argument("--workers", type=int, default=1, help="datasets run in this many processes")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one dataset, write --part
@@ -62,7 +64,7 @@ def parse_lists(args: argparse.Namespace) -> argparse.Namespace:
 def worker_argv(args: argparse.Namespace, dataset: str, part: Path) -> list[str]:
     argv = [sys.executable, str(Path(__file__).resolve()), "--one", dataset, "--part", str(part), "--out", args.out]
     for name in ("train_pairs", "eval_pairs", "draws", "confidence_samples", "rationale_tokens", "epochs", "boot",
-                 "model", "seed"):  # fmt: skip
+                 "model", "seed", "backend", "vllm_dtype"):  # fmt: skip
         argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     argv += ["--targets", ",".join(args.targets), "--variants", ",".join(args.variants)]
     return argv + (["--selection"] if args.selection else []) + (["--quick"] if args.quick else [])
@@ -180,7 +182,7 @@ def measure(args: argparse.Namespace) -> C.Measured:
     C.table([flat(r) for r in rows], C.COLUMNS[NAME])
     settings = {k: getattr(args, k) for k in ("datasets", "train_pairs", "eval_pairs", "targets", "variants", "draws",
                                              "confidence_samples", "rationale_tokens", "epochs", "boot", "model",
-                                             "selection")}  # fmt: skip
+                                             "selection", "backend", "vllm_dtype")}  # fmt: skip
     cost = {name: part["cost"] for name, part in parts.items()}
     full = estimate(parts, args)
     return C.Measured(

@@ -50,7 +50,7 @@ MODELS = {
     "tiny": dict(m=3, k=2, T=12),  # --quick
 }
 # the real arm's default slice (chosen in benchmarks/_power_slice.py's docstring), questions, T and budgets
-SLICE, SLICE_N, SLICE_T, SLICE_MULTIPLES = "arc/eval", 64, 32, [4]
+SLICE, SLICE_N, SLICE_T, SLICE_MULTIPLES = "toy_arith/train", 128, 32, [4]
 
 
 def exact_power_stats(lm: StylizedDecisionLM, alpha: float) -> dict[str, float]:

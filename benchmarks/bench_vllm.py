@@ -7,6 +7,8 @@ and dtype (float32; bfloat16 where the CPU has bf16 instructions, or on a GPU): 
 - fem's ``hf`` backend at batch 1/8/32,
 - the ``vllm`` backend at batch 1/8/32 with every statistic of the contract (logp, logq, entropy), and with none
   (``stats=()``: what the statistics tracker costs),
+- the ``vllm`` backend with a LoRA adapter (batch 8/32): merged into the served weights (``vllm_adapter_mode:
+  merge``, the default) and served as vLLM LoRA (``lora``), as a ratio to the same engine without an adapter,
 
 all sampling at temperature 1 from the same chat prompts, ``--max-new`` new tokens (rows may end earlier at EOS: each
 count is of tokens actually decoded; prompts are encoded in the timed call, as in an E-step). Ratios vLLM / hf (same
@@ -25,6 +27,7 @@ import gc
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -71,11 +74,11 @@ def run_model(label: str, source: str, dtype: str, batches: list[int], max_new: 
         lora_target_modules=lora_module_names(model, "all-linear"),
         block_size=None if torch.cuda.is_available() else CPU_BLOCK_SIZE,
     )
-    engine = VLLMBackend(model, tok, model_dir=folder, options=options)  # as a recipe's (LoRA on, lm_head without)
+    engine = VLLMBackend(model, tok, model_dir=folder, options=options)  # as a recipe's (adapters merged)
     engine_start_s = time.perf_counter() - started
     calls = iter(range(1, 10**6))
 
-    def vllm_tps(rows: list[list[int]], batch: int, stats) -> float:
+    def vllm_tps(rows: list[list[int]], batch: int, stats, engine=engine) -> float:
         gen, tokens, t0 = torch.Generator().manual_seed(seed), 0, time.perf_counter()
         for start in range(0, len(rows), batch):
             _, s = engine.generate(rows[start : start + batch], SamplingParams(), max_new, generator=gen, stats=stats)
@@ -113,9 +116,50 @@ def run_model(label: str, source: str, dtype: str, batches: list[int], max_new: 
             }
         )
         print(f"{label} {dtype} batch {b}: loop {loop:.1f} hf {hf_tps:.1f} vllm {v_tps:.1f} tok/s, load {C.load()}")
+    # with an adapter (random, rank 16, every linear layer but lm_head): merged into this engine's weights (the
+    # recipe default), then served as vLLM LoRA by an engine built for it; ratios to the base model's row above
+    with tempfile.TemporaryDirectory() as tmp:
+        path = random_adapter(model, Path(tmp) / "adapter")
+        bases = [r for r in out if r["batch"] > 1]
+        for mode in ("merge", "lora"):
+            if mode == "lora":
+                engine.close()
+                engine = VLLMBackend(model, tok, model_dir=folder, options=replace(options, adapter_mode="lora"))
+            engine.load_adapter(path)
+            for base_row in bases:
+                b = base_row["batch"]
+                tps = vllm_tps(unseen_prompts(tok, b, next(calls)), b, None, engine=engine)
+                out.append(
+                    {
+                        "model": label,
+                        "dtype": dtype,
+                        "batch": b,
+                        "adapter": mode,
+                        "vllm_tokens_per_s": round(tps, 1),
+                        "vllm_vs_no_adapter": round(tps / base_row["vllm_tokens_per_s"], 2),
+                        "load": C.load(),
+                    }
+                )
+                print(f"{label} {dtype} batch {b} adapter {mode}: vllm {tps:.1f} tok/s")
     engine.close()
     gc.collect()
     return out
+
+
+def random_adapter(model, path: Path) -> str:
+    """A non-zero LoRA adapter of rank 16 on fem's default targets, saved as PEFT saves it (speed only)."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from fem.generation.vllm_engine import lora_module_names
+
+    torch.manual_seed(0)
+    targets = list(lora_module_names(model, "all-linear"))
+    config = LoraConfig(r=16, lora_alpha=32, target_modules=targets, init_lora_weights=False)
+    get_peft_model(copy.deepcopy(model), config).save_pretrained(path)
+    return str(path)
 
 
 def measure(args: argparse.Namespace) -> C.Measured:
@@ -151,15 +195,16 @@ def measure(args: argparse.Namespace) -> C.Measured:
             r["vllm_vs_hf"] >= (2.0 if r["dtype"] == "float32" else 3.0) if top == 32 else None,
         )
         for r in rows
-        if r["batch"] == top
+        if r["batch"] == top and "adapter" not in r
     }
     return C.Measured(
         settings={
             "sampling": "temperature 1, top_k 0, top_p 1",
             "new_tokens": max_new,
             "threads": 1,
-            "vllm": "in-process engine as a recipe builds it: enforce_eager, prefix caching (unseen prompts), LoRA on "
-            "(all linear layers but lm_head, no adapter loaded), kv 1 GiB, 32-token blocks on CPU",
+            "vllm": "in-process engine as a recipe builds it: enforce_eager, prefix caching (unseen prompts), adapters "
+            "merged (no LoRA layers), kv 1 GiB, 32-token blocks on CPU; adapter rows: a random rank-16 adapter on "
+            "every linear layer but lm_head, merged, then served as vLLM LoRA by an engine built for it",
             "bf16_skipped_no_cpu_support": skipped,
         },
         results=rows,

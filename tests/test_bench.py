@@ -91,14 +91,15 @@ def test_bench_power_quick(tmp_path):
         assert r["mean_log_pi"] <= 0 and r["exact_e_log_pi"] < 0
     real = [r for r in record["results"] if r["model"] != "tiny"]
     assert [r["sampler"].split(" (")[0] for r in real] == [s.replace("4", "2") for s in samplers[:6]]
-    assert all(r["model"].startswith("tiny-random-llama arc/eval[2] T=4") for r in real)
+    assert all(r["model"].startswith("tiny-random-llama toy_arith/train[2] T=4") for r in real)
     for r in real:
         low, high = r["accuracy_ci95"]
-        assert low <= r["accuracy"] <= high and r["chance"] == 0.25 and r["mean_alpha_logp"] < 0
+        assert low <= r["accuracy"] <= high and r["chance"] == 0.0 and r["mean_alpha_logp"] < 0  # open answers
+        assert r["backend"] == "hf"
         assert r["tokens_per_sample"] <= (4 if r["budget_xT"] is None else 8) or "power_mh" in r["sampler"]
     assert real[0]["wall_x_ancestral"] == 1.0 == real[0]["latency_x_ancestral"]
     assert all(r["latency_s"] > 0 for r in real)
-    assert set(record["goals"]) == {"tiny_x4", "slice_x2"}
+    assert set(record["goals"]) == {"tiny_x4", "slice_above_chance_hf", "slice_hf_x2"}
     assert record["settings"]["slice"]["model"] == "tiny-random-llama"
 
 

@@ -55,7 +55,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 }
 # group -> {benchmark: its extra arguments}; the order is the order of the run and of BENCHMARKS.md
 ALL: dict[str, list[str]] = {n: [] for n in BENCHMARKS}
-ALL["calibration"] = ["--workers", "2"]  # its three datasets in two processes (about 1.5 h of the full run)
+# calibration: its three datasets in two processes, generation on the vLLM engine (fp32, as the M-step)
+ALL["calibration"] = ["--workers", "2", "--backend", "vllm", "--vllm-dtype", "float32"]
+ALL["power"] = ["--backend", "hf,vllm"]  # the SmolLM2 slice on both backends
 # every section at a size that fits ~20 min on a 2-core CPU (`make bench-core`): throughput in fp32 only (bf16 has
 # no hardware support on such CPUs), quality on the stylized task only, EM schemes on the stylized task only, power
 # on the even stylized model at one budget and a 16-question SmolLM2 slice (T=16)
@@ -74,8 +76,12 @@ CORE: dict[str, list[str]] = {
         "12",
         "--variants",
         "balanced",
+        "--backend",
+        "vllm",
+        "--vllm-dtype",
+        "float32",
     ],
-    "power": "--models even --multiples 8 --samples 256 --slice-n 16 --slice-t 16 --latency-n 4".split(),
+    "power": "--models even --multiples 8 --samples 256 --slice-n 16 --slice-t 16 --latency-n 4 --backend hf,vllm".split(),
     "vllm": ["--batches", "1", "32"],
     "vllm_estep": ["--examples", "16"],
 }
