@@ -10,6 +10,7 @@ A recipe error names the recipe file (a data error its data file). Each command 
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,8 +108,23 @@ def check_pairwise_options(configs: Configs) -> None:
 
 
 def engine_dtype(configs: Configs) -> str:
-    """The dtype an engine backend runs its weights in (``vllm_dtype`` resolved against the model's ``dtype``)."""
-    return resolve_engine_dtype(configs.engine.vllm_dtype, getattr(configs.model, "dtype", None))
+    """The dtype an engine backend runs its weights in (``vllm_dtype`` resolved against the model's ``dtype``; for
+    ``dtype: auto``, the one a Hugging Face folder's ``config.json`` names, as loading it will give)."""
+    model_dtype = getattr(configs.model, "dtype", None)
+    if model_dtype in (None, "auto"):
+        model_dtype = checkpoint_dtype(configs.model.model_name_or_path, configs.em.gguf_file)
+    return resolve_engine_dtype(configs.engine.vllm_dtype, model_dtype)
+
+
+def checkpoint_dtype(name_or_path: str, gguf_file: str | None) -> str | None:
+    """The weights dtype a model folder's ``config.json`` records (None for GGUF files or where it says none)."""
+    try:
+        folder, gguf = resolve_model_source(name_or_path, gguf_file)
+        config = json.loads((Path(folder) / "config.json").read_text()) if gguf is None else {}
+    except (ConfigError, OSError, ValueError):
+        return None
+    dtype = config.get("dtype") or config.get("torch_dtype")
+    return str(dtype) if dtype else None
 
 
 def backend_plan(configs: Configs) -> str:

