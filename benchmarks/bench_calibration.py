@@ -22,6 +22,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,8 @@ def worker_argv(args: argparse.Namespace, dataset: str, part: Path) -> list[str]
 
 
 def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Each dataset in a subprocess, at most ``--workers`` at once; their records by dataset."""
+    """Each dataset in a subprocess, at most ``--workers`` at once (the next starts as soon as any one ends); their
+    records by dataset."""
     with tempfile.TemporaryDirectory() as tmp:
         pending = list(args.datasets)
         running: list[tuple[str, Path, subprocess.Popen]] = []
@@ -81,10 +83,15 @@ def run_all(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 name = pending.pop(0)
                 part = Path(tmp) / f"{name}.json"
                 running.append((name, part, subprocess.Popen(worker_argv(args, name, part))))
-            name, part, proc = running.pop(0)
-            if proc.wait() != 0 or not part.is_file():
-                raise SystemExit(f"fem bench {NAME}: dataset {name} failed (exit {proc.returncode})")
-            parts[name] = json.loads(part.read_text())
+            done = [job for job in running if job[2].poll() is not None]
+            if not done:
+                time.sleep(1.0)
+                continue
+            for name, part, proc in done:
+                running.remove((name, part, proc))
+                if proc.returncode != 0 or not part.is_file():
+                    raise SystemExit(f"fem bench {NAME}: dataset {name} failed (exit {proc.returncode})")
+                parts[name] = json.loads(part.read_text())
         return {name: parts[name] for name in args.datasets}
 
 
