@@ -184,8 +184,12 @@ def test_bench_vllm_sections_quick(tmp_path):
         res = run_fem("bench", name, "--quick", "--out", str(tmp_path), timeout=600)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         _check_record(json.loads((tmp_path / f"{name}.json").read_text()), name)
-    decode = json.loads((tmp_path / "vllm.json").read_text())["results"]
+    rows = json.loads((tmp_path / "vllm.json").read_text())["results"]
+    decode = [r for r in rows if "adapter" not in r]
     assert {r["batch"] for r in decode} == {1, 8}
     assert all(r["vllm_vs_hf"] > 0 and r["vllm_vs_generate_loop"] > 0 for r in decode)
+    adapter = [r for r in rows if "adapter" in r]  # with an adapter, merged and as vLLM LoRA, at batch > 1
+    assert [(r["adapter"], r["batch"]) for r in adapter] == [("merge", 8), ("lora", 8)]
+    assert all(r["vllm_tokens_per_s"] > 0 and r["vllm_vs_no_adapter"] > 0 for r in adapter)
     estep = json.loads((tmp_path / "vllm_estep.json").read_text())["results"]
     assert {r["backend"] for r in estep} == {"hf", "vllm"} and all(r["speedup_vs_hf_float32"] > 0 for r in estep)
