@@ -3,7 +3,7 @@
     fem bench list                       the benchmarks and what each measures
     fem bench NAME [--quick] [--out DIR] one benchmark (JSON into DIR, default benchmarks/results)
     fem bench all [--quick] [--out DIR]  every benchmark, then BENCHMARKS.md (what `make bench` runs; ~50 min on 2 cores
-                                         plus ~1.5 h for the calibration study)
+                                         plus ~1.5 h for the calibration study on vLLM)
     fem bench core [--out DIR]           every section at a reduced size (~20 min on 2 cores, `make bench-core`):
                                          throughput fp32 only, quality and em on the stylized task only,
                                          calibration on LLMBar only (10 training / 12 eval pairs, balanced)
