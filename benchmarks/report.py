@@ -34,6 +34,7 @@ TITLES = {
     "mstep": "7. M-step overhead (vs plain TRL SFTTrainer + LoRA)",
     "em": "8. EM schemes",
     "calibration": "9. Judge calibration: confidence targets and temperature scaling",
+    "calibration_selection": "9b. Judge calibration: the default target chosen on held-out training pairs",
     "power": "10. Power sampling at equal tokens: power_smc, power_mh and baselines (stylized models, SmolLM2 slice)",
     "vllm": "11. vLLM backend decoding (vs the hf backend and a generate loop, roofline)",
     "vllm_estep": "12. The demo's judge E-step end to end, hf vs vLLM backend",
@@ -60,10 +61,10 @@ def _table(rows: list[dict], cols: list[str]) -> list[str]:
     return out
 
 
-def section(data: dict, out_dir: Path, md_dir: Path) -> list[str]:
+def section(data: dict, out_dir: Path, md_dir: Path, title: str | None = None) -> list[str]:
     name = data["benchmark"]
     m = data["machine"]
-    lines = [f"## {TITLES.get(name, name)}", ""]
+    lines = [f"## {title or TITLES.get(name, name)}", ""]
     lines.append(f"- command: `{data['command']} --out {os.path.relpath(out_dir, md_dir)}` (`{data['argv']}`)")
     lines.append(
         f"- machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, transformers {m.get('transformers')}, "
@@ -143,7 +144,7 @@ def write_report(out_dir: Path | str, target: Path | str | None = None) -> Path:
         if not path.is_file():
             lines += [f"## {TITLES.get(name, name)}", "", f"_not run yet: `fem bench {name}`_", ""]
             continue
-        lines += section(json.loads(path.read_text()), out_dir, md_dir)
+        lines += section(json.loads(path.read_text()), out_dir, md_dir, TITLES.get(name))
     target.write_text("\n".join(lines) + "\n")
     return target
 
