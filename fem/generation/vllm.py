@@ -345,8 +345,7 @@ class VLLMBackend:
                 "this engine was built with LoRA layers (adapter_mode lora): it serves adapters as LoRA"
             )
         merged = merged_weights(self._model, folder)
-        self.unload_adapter()
-        self._push_weights(full_weights(self._model, merged))
+        self._push_weights(full_weights(self._model, merged))  # every weight: the previous adapter's are replaced
         self._merged = True
 
     def _load_lora(self, folder: Path, adapter_config: dict[str, Any]) -> None:
