@@ -88,13 +88,17 @@ class Timed:
         return out
 
 
+def width(cfg: ProposalConfig) -> int:
+    """Sequences one question decodes together: best-of-K's candidates, power_smc's particles, else 1."""
+    return {"best_of_n": cfg.best_of_n, "power_smc": cfg.smc_particles}.get(cfg.proposal, 1)
+
+
 def draw(runtime: Runtime, cfg: ProposalConfig, examples: Sequence[Example], seed: int) -> tuple[list, float]:
     """One sample per example through fem's drawer (forced read-out), in chunks of the proposal's prompts per call;
     returns the samples and the proposal's wall time."""
     timed = Timed(runtime.proposal(cfg))
     drawer = runtime.drawer(timed)
-    width = {"best_of_n": cfg.best_of_n, "power_smc": cfg.smc_particles}.get(cfg.proposal, 1)
-    per_call = max(1, cfg.generation_batch_size // width)
+    per_call = max(1, cfg.generation_batch_size // width(cfg))
     samples = []
     for start in range(0, len(examples), per_call):
         samples += [row[0] for row in drawer.draw(examples[start : start + per_call], PLAIN, 1, seed=seed + start)]
@@ -219,8 +223,7 @@ def backend_rows(
                 )
             latency = examples[: min(latency_n, len(examples))]
             for row, cfg in zip(out_rows, configs, strict=True):  # one question per call: its own batch width
-                width = {"best_of_n": cfg.best_of_n, "power_smc": cfg.smc_particles}.get(cfg.proposal, 1)
-                one = replace(cfg, generation_batch_size=width)
+                one = replace(cfg, generation_batch_size=width(cfg))
                 row["latency_s"] = round(draw(runtime, one, latency, seed)[1] / len(latency), 4)
                 print({"sampler": row["sampler"], "latency_s": row["latency_s"]}, flush=True)
         finally:

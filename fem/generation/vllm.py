@@ -340,17 +340,11 @@ class VLLMBackend:
     def _load_merged(self, folder: Path) -> None:
         if self._model is None:
             raise RuntimeError("adapter_mode merge needs the transformers model the backend was built with")
-        if self.engine.vllm_config.lora_config is not None:
-            raise RuntimeError(
-                "this engine was built with LoRA layers (adapter_mode lora): it serves adapters as LoRA"
-            )
         merged = merged_weights(self._model, folder)
         self._push_weights(full_weights(self._model, merged))  # every weight: the previous adapter's are replaced
         self._merged = True
 
     def _load_lora(self, folder: Path, adapter_config: dict[str, Any]) -> None:
-        if self.options.adapter_mode != "lora":
-            raise RuntimeError(f"adapter_mode {self.options.adapter_mode!r}: the engine serves no LoRA")
         rank = int(adapter_config.get("r", 0))
         if rank > lora_rank_bound(self.options.max_lora_rank):
             raise ValueError(f"adapter rank {rank} exceeds the engine's max_lora_rank {self.options.max_lora_rank}")
