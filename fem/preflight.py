@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fem.configs.choices import DEFAULT_CONFIDENCE_TARGET
 from fem.errors import ConfigError
 from fem.eval.scaling import check_disjoint
 from fem.generation import check_backend
@@ -87,12 +88,21 @@ def check_calibration_split(configs: Configs) -> None:
 
 
 def check_pairwise_options(configs: Configs) -> None:
-    """Position swap, verdict balancing and the debiased confidence target (both presentation orders) need a
-    pairwise task (a verdict between two candidates)."""
+    """Position swap and verdict balancing need a pairwise task (a verdict between two candidates); a confidence
+    target other than the default needs a task that states a confidence, and the debiased one (the default: both
+    presentation orders) a pairwise one."""
+    task = build_task(configs.task)
+    target = configs.estep.confidence_target
+    if target != DEFAULT_CONFIDENCE_TARGET and not task.confidence_cue:
+        raise ConfigError(
+            f"task '{configs.task.task}' states no confidence (confidence_target '{target}' has nothing to set)",
+            field="confidence_target",
+            fix="remove confidence_target, or use a task that states one (judge*, summarize)",
+        )
     options = [name for name in ("estep_position_swap", "estep_balance") if getattr(configs.estep, name)]
-    if configs.estep.confidence_target == "plain_readout_debiased":
+    if task.confidence_cue and target == "plain_readout_debiased":
         options.append("confidence_target")
-    if options and not build_task(configs.task).pairwise:
+    if options and not task.pairwise:
         debiased = options[0] == "confidence_target"
         what = (
             "plain_readout_debiased averages both orders of a pair"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fem.configs.choices import CONFIDENCE_TARGETS, SCHEMES
+from fem.configs.choices import CONFIDENCE_TARGETS, DEFAULT_CONFIDENCE_TARGET, SCHEMES
 from fem.validation import check, validate_fields
 
 
@@ -66,14 +66,14 @@ class EStepConfig:
         default=False, metadata={"help": "Also write rejected samples to samples.jsonl (kept: false)."}
     )
     confidence_target: str = field(
-        default="plain_readout",
+        default=DEFAULT_CONFIDENCE_TARGET,
         metadata={
             "help": "Tasks that state a confidence (judge, summarize): the N of the trained 'Confidence: N%'. readout: "
             "the kept draw's own read-out (after a hinted rationale under PPS: near 100%); plain_readout: P(gold "
             "verdict) read from the plain prompt, no rationale (it carries the model's position bias); "
-            "plain_readout_debiased (pairwise tasks): P(gold candidate) from the plain prompt averaged over the pair "
-            "as given and swapped; empirical: (k + 2a/K) / (m + 2a) over confidence_samples plain draws, k their "
-            "summed P(correct), a = confidence_prior, K options.",
+            "plain_readout_debiased (the default; pairwise tasks): P(gold candidate) from the plain prompt averaged "
+            "over the pair as given and swapped; empirical: (k + 2a/K) / (m + 2a) over confidence_samples plain "
+            "draws, k their summed P(correct), a = confidence_prior, K options.",
             "choices": CONFIDENCE_TARGETS,
         },
     )

@@ -233,15 +233,39 @@ def test_debiased_target_of_a_pair_read_0_7_as_given_and_0_9_swapped_trains_80()
     assert sorted(backend.prompts) == ["one 0 | two 0Verdict: ", "two 0 | one 0Verdict: "]
 
 
-def test_debiased_target_on_a_task_that_is_not_pairwise_is_a_one_line_config_error(capsys):
+@pytest.mark.parametrize("target", ["plain_readout", "empirical", "readout"])
+def test_a_confidence_target_on_a_task_that_states_none_is_a_one_line_config_error(capsys, target):
     from fem.cli import main
 
     with pytest.raises(SystemExit) as info:
-        main(["train", "--config", "recipes/smoke/tiny_cpu.yaml", "--confidence_target", "plain_readout_debiased",
-              "--dry_run"])  # fmt: skip
+        main(["train", "--config", "recipes/smoke/tiny_cpu.yaml", "--confidence_target", target, "--dry_run"])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "model shards" not in line]
     assert info.value.code == 2 and len(err) == 1, err  # (the tiny model is written on first use: not an error)
-    assert "task 'toy_parity' is not pairwise" in err[0] and "confidence_target" in err[0]
+    assert "task 'toy_parity' states no confidence" in err[0] and "confidence_target" in err[0]
+
+
+def test_the_default_target_is_debiased_and_a_task_that_states_no_confidence_runs_with_it(capsys):
+    from fem.cli import main
+    from fem.configs import EStepConfig
+
+    assert EStepConfig().confidence_target == "plain_readout_debiased"  # chosen on held-out pairs (section 9b)
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--config", "recipes/smoke/tiny_cpu.yaml", "--dry_run"])
+    assert (
+        info.value.code == 0 and "Confidence" not in capsys.readouterr().out
+    )  # the plan names no target for a task without one
+
+
+def test_the_debiased_target_on_a_task_that_states_a_confidence_but_is_not_pairwise_is_refused(monkeypatch):
+    from fem import preflight
+    from fem.errors import ConfigError
+    from fem.recipe import parse_configs
+
+    configs = parse_configs(["--config", "recipes/smoke/tiny_cpu.yaml"])
+    task = preflight.build_task(configs.task)
+    monkeypatch.setattr(type(task), "confidence_cue", "\nConfidence:")  # a future non-pairwise task with a confidence
+    with pytest.raises(ConfigError, match="is not pairwise .plain_readout_debiased averages both orders"):
+        preflight.check_pairwise_options(configs)
 
 
 class NumberBackend(CharBackend):
