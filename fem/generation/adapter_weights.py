@@ -4,10 +4,9 @@
 ``merged_weights(model, adapter_dir)`` returns ``{parameter name: W + delta W}`` for every layer the adapter wraps,
 with PEFT's own ``get_delta_weight`` (scaling, rsLoRA and ``fan_in_fan_out`` included) computed out of place: the
 model's weights are not touched (no merge / unmerge round trip that would leave rounding error in the weights the
-M-step trains next) and the model is returned to its caller unwrapped. ``base_weights(model, names)`` gives the
-``full_weights(model, merged)`` is the whole checkpoint with those layers replaced (the base one without
-``merged``). Names are the model's own parameter names (``model.layers.0.self_attn.q_proj.weight``), which is what
-vLLM's weight loading reads.
+M-step trains next) and the model is returned to its caller unwrapped. ``full_weights(model, merged)`` is the
+whole checkpoint with those layers replaced (the base checkpoint without ``merged``). Names are the model's own
+parameter names (``model.layers.0.self_attn.q_proj.weight``), which is what vLLM's weight loading reads.
 """
 
 from __future__ import annotations

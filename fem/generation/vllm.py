@@ -49,11 +49,12 @@ of any length.
 
 **Adapters.** ``adapter_mode="merge"`` (the recipe default): ``load_adapter`` computes the adapted layers' weights
 from the transformers model (``adapter_weights``: PEFT's delta, out of place), reloads the served model with
-them in place (vLLM's ``reload_weights``, as TRL's colocate mode syncs weights) and resets the prefix cache; unloading
-reloads the base weights. The engine then runs without LoRA layers: decoding with an adapter is as fast as without one (vLLM's
-CPU LoRA kernels cost several times the base model's decode). ``"lora"``: each adapter is registered under a new
-LoRA name and id (a reused name could be served from stale prefix-cache blocks) and the previous one removed; every
-later request carries the last loaded adapter.
+them in place (vLLM's ``reload_weights``, as TRL's colocate mode syncs weights) and resets the prefix cache;
+unloading reloads the base weights. The engine then runs without LoRA layers: decoding with an adapter is as fast as
+without one (vLLM's CPU LoRA kernels cost several times the base model's decode). An engine in its own process gets
+the weights as raw bytes (``vllm_worker.pack_weights``). ``"lora"``: each adapter is registered under a new LoRA
+name and id (a reused name could be served from stale prefix-cache blocks) and the previous one removed; every later
+request carries the last loaded adapter.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ from fem.generation.vllm_decode import DecodeRun  # noqa: E402
 from fem.generation.vllm_engine import EngineOptions, create_engine, options_from_configs, shutdown_engine  # noqa: E402
 from fem.generation.vllm_env import lora_rank_bound, weights_dtype  # noqa: E402
 from fem.generation.vllm_stats import EXTRA_ARGS_KEY, row_tensor  # noqa: E402
+from fem.generation.vllm_worker import pack_weights  # noqa: E402
 
 
 class VLLMBackend:
@@ -367,7 +369,8 @@ class VLLMBackend:
     def _push_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
         """Reload the served model from the checkpoint ``weights`` in place (vLLM's ``reload_weights``, which redoes
         its post-load weight processing) and forget every cached prefix (computed with the old weights)."""
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        portable = not self.options.in_process  # vLLM's serialisation would turn tensors into lists
+        self.llm.collective_rpc("fem_reload_weights", args=(pack_weights(weights, portable), portable))
         self.reset_prefix_cache()
 
     def unload_adapter(self) -> None:

@@ -10,7 +10,7 @@ Engine settings fem fixes, whatever the recipe says (each one is part of the sta
 
 - ``logprobs_mode="processed_logprobs"``: the sampled token's log-prob is ``logq`` (after temperature/top-k/top-p);
 - ``logits_processors=[StatsTracker]``: base ``logp`` and entropy from the raw logits (``vllm_stats``), fetched by
-  ``collective_rpc`` through ``worker_extension_cls=StatsWorkerExtension``;
+  ``collective_rpc`` through ``worker_extension_cls=FemWorkerExtension`` (``vllm_worker``);
 - ``async_scheduling=False``: the tracker reads positions from the live output lists;
 - ``enable_chunked_prefill=False`` (``max_num_batched_tokens >= max_model_len``): a per-request ``seed`` crashes the
   CPU engine when a prompt is split across steps ("CPU Generator does not use offset", vLLM rewinds the generator of a
@@ -58,7 +58,8 @@ from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 
 from fem.errors import ConfigError
 from fem.generation.vllm_env import engine_dtype, lora_rank_bound, vllm_problem, weights_dtype
-from fem.generation.vllm_stats import StatsTracker, StatsWorkerExtension
+from fem.generation.vllm_stats import StatsTracker
+from fem.generation.vllm_worker import FemWorkerExtension
 
 DEFAULT_CPU_KV_CACHE_GIB = 1.0
 CPU_BLOCK_SIZE = 32  # fem's KV block size on CPU (the smallest vLLM's CPU kernels take; vLLM's own default is 128)
@@ -76,9 +77,7 @@ class EngineOptions:
     enable_prefix_caching: bool = True
     enforce_eager: bool = True
     max_num_seqs: int = 256
-    adapter_mode: str = (
-        "merge"  # merge: adapters merged into the served weights, no LoRA in the engine; lora: vLLM LoRA
-    )
+    adapter_mode: str = "merge"  # merge: adapters merged into the served weights (no LoRA layers); lora: vLLM LoRA
     max_lora_rank: int = 16
     lora_target_modules: tuple[str, ...] | None = None  # None: every layer vLLM can wrap, the logits' lm_head too
     block_size: int | None = None  # None: the engine's default (128 on CPU, 16 on GPU)
@@ -175,7 +174,7 @@ def engine_kwargs(model_dir: str, options: EngineOptions, model_dtype: str) -> d
         trust_remote_code=options.trust_remote_code,
         logprobs_mode="processed_logprobs",
         logits_processors=[StatsTracker],
-        worker_extension_cls=f"{StatsWorkerExtension.__module__}.{StatsWorkerExtension.__qualname__}",
+        worker_extension_cls=f"{FemWorkerExtension.__module__}.{FemWorkerExtension.__qualname__}",
         async_scheduling=False,
         enable_chunked_prefill=False,
         max_num_batched_tokens=max(max_model_len, 2048),

@@ -18,7 +18,8 @@ logits the tracker replaces, *after* reading them, by a one-hot on the given tok
 decodes exactly the given continuation from the prefix cache and the tracker reads its base statistics.
 
 The tracker lives in the worker that samples (the caller's process when the engine runs in-process). The backend
-reaches it by ``LLM.collective_rpc("fem_collect_stats", ...)`` (``StatsWorkerExtension``) either way: one code path.
+reaches it by ``LLM.collective_rpc("fem_collect_stats", ...)`` (``vllm_worker.FemWorkerExtension``) either way: one
+code path.
 
 Requires vLLM's synchronous scheduler (``async_scheduling=False``): with asynchronous scheduling the live output list
 holds placeholder ids while a step is in flight, and positions would be misread.
@@ -191,11 +192,3 @@ def find_tracker(worker: Any) -> StatsTracker:
         if isinstance(proc, StatsTracker):
             return proc
     raise RuntimeError("the vLLM engine has no fem StatsTracker logits processor (it must be built by fem)")
-
-
-class StatsWorkerExtension:
-    """Mixed into vLLM's worker (``worker_extension_cls``) so that ``LLM.collective_rpc("fem_collect_stats", ...)``
-    reaches the tracker by name, in this process or in vLLM's (no pickled callables)."""
-
-    def fem_collect_stats(self, keys: list[str], release: bool):
-        return find_tracker(self).collect(keys, release)

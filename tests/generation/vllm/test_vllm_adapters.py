@@ -55,10 +55,25 @@ def lora_backend(vllm_model_dir, hf_ref):
     backend.close()
 
 
-@pytest.fixture(params=["merge", "lora"])
+@pytest.fixture(scope="module")
+def compiled_backend(vllm_model_dir, hf_ref):
+    """An engine in compiled mode (``vllm_enforce_eager: false``: torch.compile), adapters merged: reloading the
+    weights in place must reach the compiled model. In its own process, as ``lora_backend``."""
+    from fem.generation.vllm import VLLMBackend
+    from fem.generation.vllm_engine import EngineOptions
+
+    options = EngineOptions(
+        max_model_len=512, kv_cache_gib=0.0625, enforce_eager=False, block_size=32, in_process=False
+    )
+    backend = VLLMBackend(hf_ref.model, hf_ref.tokenizer, model_dir=str(vllm_model_dir), options=options)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(params=["merge", "lora", pytest.param("compiled", marks=pytest.mark.slow)])
 def served(request, vllm_backend):
-    """The backend under test in each adapter mode."""
-    return vllm_backend if request.param == "merge" else request.getfixturevalue("lora_backend")
+    """The backend under test in each adapter mode (and merged into a compiled engine: slow, it compiles)."""
+    return vllm_backend if request.param == "merge" else request.getfixturevalue(f"{request.param}_backend")
 
 
 def test_each_round_decodes_with_the_last_loaded_adapter(served, hf_fresh, vllm_model_dir, tmp_path):
@@ -96,6 +111,24 @@ def test_each_round_decodes_with_the_last_loaded_adapter(served, hf_fresh, vllm_
         vllm_backend.unload_adapter()
     assert vllm_backend.adapter_path is None
     assert (vllm_backend.next_token_logprobs(prefixes) - base).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_weights_cross_the_engine_process_boundary_bit_for_bit(dtype):
+    """An engine in its own process receives merged weights as raw bytes (vLLM's serialisation would turn a tensor
+    into a nested list); in process the tensors themselves are passed."""
+    from fem.generation.vllm_worker import pack_weights, unpack_weights
+
+    weights = [
+        ("w", torch.randn(3, 5).to(dtype)),
+        ("b", torch.randn(7).to(dtype)),
+        ("t", torch.randn(4, 6).to(dtype).T),
+    ]
+    packed = pack_weights(weights, portable=True)
+    assert all(isinstance(item[3], bytes) for item in packed)
+    for (name, ref), (got_name, got) in zip(weights, unpack_weights(packed), strict=True):
+        assert got_name == name and got.dtype == dtype and torch.equal(got, ref)
+    assert all(t is ref for (_, t), (_, ref) in zip(pack_weights(weights, portable=False), weights, strict=True))
 
 
 def test_merging_leaves_the_base_weights_untouched_and_refuses_dora(vllm_backend, vllm_model_dir, tmp_path):

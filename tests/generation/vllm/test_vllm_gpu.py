@@ -40,3 +40,29 @@ def test_scoring_and_readout_on_the_gpu_match_hf(on_gpu, vllm_backend, hf_ref, p
     for ours, ref in zip(vllm_backend.score(prompts, tokens), hf_ref.score(prompts, tokens)):
         assert ours == pytest.approx(ref, abs=GPU_TOL)
     assert (vllm_backend.next_token_logprobs(prompts) - hf_ref.next_token_logprobs(prompts)).abs().max() < GPU_TOL
+
+
+def test_compiled_engine_with_cuda_graphs_matches_hf_with_a_merged_adapter(
+    on_gpu, vllm_model_dir, hf_ref, prompts, tmp_path
+):
+    """The GPU recipes' engine (``vllm_enforce_eager: false``: torch.compile and CUDA graphs), in its own process:
+    statistics and a merged adapter's read-out against the ``hf`` reference."""
+    from test_vllm_adapters import _write_adapter
+
+    from fem.generation.hf import HFBackend
+    from fem.generation.vllm import VLLMBackend
+    from fem.generation.vllm_engine import EngineOptions
+    from fem.models import load_model_and_tokenizer
+
+    options = EngineOptions(max_model_len=512, enforce_eager=False, in_process=False)
+    backend = VLLMBackend(hf_ref.model, hf_ref.tokenizer, model_dir=str(vllm_model_dir), options=options)
+    try:
+        conts, _ = backend.generate(prompts, SETTINGS[0], 16, generator=torch.Generator().manual_seed(0))
+        assert max(_max_gaps(hf_ref, prompts, conts, SETTINGS[0]).values()) < GPU_TOL
+        adapter = _write_adapter(vllm_model_dir, tmp_path / "adapter", seed=1)
+        backend.load_adapter(adapter)
+        hf = HFBackend(*load_model_and_tokenizer(str(vllm_model_dir)))
+        hf.load_adapter(adapter)
+        assert (backend.next_token_logprobs(prompts) - hf.next_token_logprobs(prompts)).abs().max() < GPU_TOL
+    finally:
+        backend.close()
