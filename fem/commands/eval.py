@@ -3,6 +3,8 @@ same prompts and seeds. Builds no trainer and no optimizer."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,23 @@ def plan(configs: Configs, checked: Preflight) -> dict[str, Any]:
         ),
         "output_dir": str(Path(configs.mstep.output_dir) / "eval"),
     }
+
+
+def sized_for_adapter(configs: Configs, adapter: str) -> Configs:
+    """The configs with the adapter's own LoRA rank and target modules (``lora_r``; ``lora_target_modules`` by
+    their last name component, as vLLM wraps them): an engine that serves adapters as LoRA layers
+    (``vllm_adapter_mode: lora``) is built for those, not for the recipe's, so an adapter trained with another rank
+    or targets still loads. A regex ``target_modules`` keeps the recipe's targets."""
+    saved = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))
+    targets = saved.get("target_modules")
+    if isinstance(targets, list) and targets:
+        targets = sorted({str(t).rpartition(".")[2] for t in targets})
+    else:
+        targets = configs.model.lora_target_modules
+    rank = int(saved.get("r") or configs.model.lora_r)
+    return dataclasses.replace(
+        configs, model=dataclasses.replace(configs.model, lora_r=rank, lora_target_modules=targets)
+    )
 
 
 def load_adapter(runtime: Runtime, adapter: str) -> None:
@@ -126,6 +145,8 @@ def _evaluate(configs: Configs, checked: Preflight) -> int:
     seed = int(configs.mstep.seed)
     seed_everything(seed)
     world = current_world()
+    if checked.adapter:
+        configs = sized_for_adapter(configs, checked.adapter)
     runtime = build_runtime(configs, world)
     if checked.adapter:
         load_adapter(runtime, checked.adapter)

@@ -214,3 +214,22 @@ def test_eval_dry_run_reads_only_the_eval_split(tmp_path, capsys):
     code, out, err = _fem_in_process(capsys, "eval", "--config", config, "--eval_file", str(csv), "--dry_run")
     assert code == 0, err
     assert "eval=2" in out
+
+
+def test_an_engine_for_an_adapter_is_sized_by_the_adapter_not_the_recipe(tmp_path):
+    """``fem eval --adapter``: the LoRA rank and targets an engine is built for (``vllm_adapter_mode: lora``) are
+    the adapter's own, by their last name component as vLLM wraps them; a regex keeps the recipe's targets."""
+    from fem.commands.eval import sized_for_adapter
+    from fem.recipe import parse_configs
+
+    configs = parse_configs(["--config", "recipes/smoke/tiny_cpu.yaml", "--lora_r", "8"])
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    paths = ["model.layers.0.self_attn.v_proj", "q_proj", "model.layers.1.self_attn.v_proj"]
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 32, "target_modules": paths}))
+    sized = sized_for_adapter(configs, str(adapter))
+    assert (sized.model.lora_r, sized.model.lora_target_modules) == (32, ["q_proj", "v_proj"])
+    assert configs.model.lora_r == 8 and sized.task == configs.task  # the recipe's configs are left as they were
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 4, "target_modules": ".*proj"}))
+    sized = sized_for_adapter(configs, str(adapter))
+    assert (sized.model.lora_r, sized.model.lora_target_modules) == (4, configs.model.lora_target_modules)
