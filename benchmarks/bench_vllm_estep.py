@@ -1,14 +1,15 @@
 """(12) The demo's E-step end to end, hf backend against vllm backend, same process.
 
 The E-step of ``recipes/demo/smollm2_judge_pps_cpu.yaml`` (SmolLM2-135M-Instruct judging LLMBar natural pairs: PPS,
-hinted rationales, forced read-out of the verdict through the cue, the plain read-out as confidence target, pairs in
+hinted rationales, forced read-out of the verdict through the cue, the recipe's confidence target, pairs in
 both orders and balanced, as the recipe says) on the first ``--examples`` training pairs, run exactly as ``fem train``
 runs it (``EMRunner.estep``), with
 
 - the ``hf`` backend in the demo's dtype (float32) at the demo's ``generation_batch_size`` (its memory-bounded
   setting), and in bfloat16 where the CPU has bf16 instructions;
 - the ``vllm`` backend (in-process engine, the recipe's defaults) in float32 and bfloat16, at the demo's batch and at
-  ``--vllm-batch`` (a vLLM engine bounds memory by its KV cache, not by the batch).
+  ``--vllm-batch`` (a vLLM engine bounds memory by its KV cache, not by the batch): one engine per dtype, its prefix
+  cache emptied before each timed run.
 
 Every run draws the same examples with the same seeds. Reported per run: wall seconds, prompts per second (a pair
 asked both ways is two prompts), rationale tokens decoded, prefix tokens the backend encoded (the read-out's
@@ -107,6 +108,7 @@ def measure(args: argparse.Namespace) -> C.Measured:
             model, tok = load_model_and_tokenizer(
                 base.model.model_name_or_path, gguf_file=base.em.gguf_file, dtype=dtype
             )
+            engine = None  # one vLLM engine per dtype, shared by its batch sizes (a batch is per call)
             for backend_name, run_dtype, batch in [r for r in runs if r[1] == dtype]:
                 configs = dataclasses.replace(
                     base,
@@ -116,8 +118,10 @@ def measure(args: argparse.Namespace) -> C.Measured:
                 if backend_name == "hf":
                     backend = HFBackend(model, tok)
                 else:
-                    folder = hf_model_dir(base.model.model_name_or_path, base.em.gguf_file, model, tok)
-                    backend = VLLMBackend.from_configs(configs, model, tok, folder)
+                    if engine is None:
+                        folder = hf_model_dir(base.model.model_name_or_path, base.em.gguf_file, model, tok)
+                        engine = VLLMBackend.from_configs(configs, model, tok, folder)
+                    backend = engine
                 out = Path(tmp) / f"{backend_name}-{dtype}-{batch}"
                 runtime = Runtime(configs, task, model, tok, backend, World())
                 run_estep_once(configs, runtime, warmup, out.with_name(out.name + "-warmup"))
@@ -126,13 +130,13 @@ def measure(args: argparse.Namespace) -> C.Measured:
                 row = {"backend": backend_name, "dtype": run_dtype, "batch": batch, "examples": len(examples)}
                 row.update(run_estep_once(configs, runtime, examples, out))
                 row["load"] = C.load()
-                if backend_name == "vllm":
-                    backend.close()
                 rows.append(row)
                 print(row, flush=True)
                 del backend, runtime
                 gc.collect()
-            del model
+            if engine is not None:
+                engine.close()
+            del model, engine
             gc.collect()
     reference = next(r for r in rows if r["backend"] == "hf" and r["dtype"] == "float32")
     for r in rows:

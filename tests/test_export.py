@@ -190,6 +190,7 @@ if __name__ == "__main__":
 
 
 @pytest.mark.vllm
+@pytest.mark.slow  # its own engine process; make test keeps fem's vLLM backend serving the same folder (below)
 def test_vllm_loads_the_merged_export_as_is(tmp_path):
     """vLLM (no fem, no PEFT) serves the merged folder: same greedy tokens as transformers, the chat template is
     the run's. A tiny model of hidden size 128 (head size 32: vLLM's CPU attention needs >= 32)."""
