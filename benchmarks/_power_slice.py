@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,22 @@ def draw(runtime: Runtime, cfg: ProposalConfig, examples: Sequence[Example], see
     return samples, timed.wall_s
 
 
+@dataclass(frozen=True)
+class SliceSettings:
+    """What one run of the arm measures, the same on every backend (module docstring)."""
+
+    task: str
+    split: str
+    n: int  # questions, spread over the split
+    T: int  # max new tokens per rationale
+    multiples: Sequence[int]  # token budgets, in ancestral samples' worth
+    model: str = "smollm2-135m-instruct"
+    rows: int = 16  # sequences per backend call
+    latency_n: int = 8  # questions of the latency view
+    alpha: float = 4.0
+    seed: int = 0
+
+
 def slice_rows(
     task: str,
     split: str,
@@ -125,25 +141,14 @@ def slice_rows(
             check_backend(backend)
         except ConfigError as e:
             raise SystemExit(f"fem bench power: --backend {backend}: {e}") from None
+    settings = SliceSettings(task, split, n, T, tuple(multiples), model, rows, latency_n, alpha, seed)
     out: list[dict[str, Any]] = []
     for backend in backends:
-        out += backend_rows(task, split, n, T, multiples, model, backend, rows, latency_n, alpha, seed)
+        out += backend_rows(settings, backend)
     return out
 
 
-def backend_rows(
-    task: str,
-    split: str,
-    n: int,
-    T: int,
-    multiples: Sequence[int],
-    model: str,
-    backend: str,
-    rows: int,
-    latency_n: int,
-    alpha: float,
-    seed: int,
-) -> list[dict[str, Any]]:
+def backend_rows(arm: SliceSettings, backend: str) -> list[dict[str, Any]]:
     """Ancestral and low temperature, then per budget of ``K`` ancestral samples' tokens (``K x`` ancestral's mean
     decoded tokens, measured here): best-of-K, power_mh (uniform, entropy) with the steps and power_smc with the
     particles that a pilot on 8 questions finds to spend that budget; then each row's latency view."""
@@ -152,25 +157,36 @@ def backend_rows(
     with tempfile.TemporaryDirectory() as tmp:
         recipe = Path(tmp) / "power_slice.yaml"
         recipe.write_text(
-            RECIPE.format(model=model, backend=backend, task=task, T=T, rows=rows, out=Path(tmp) / "run", seed=seed)
+            RECIPE.format(
+                model=arm.model,
+                backend=backend,
+                task=arm.task,
+                T=arm.T,
+                rows=arm.rows,
+                out=Path(tmp) / "run",
+                seed=arm.seed,
+            )
         )
         runtime = build_runtime(parse_configs(["--config", str(recipe)]), current_world())
         try:
-            examples = spread(runtime.task.load(split), n)
+            examples = spread(runtime.task.load(arm.split), arm.n)
             options = [runtime.task.options(e) for e in examples]
             chance = sum(1 / len(o) for o in options if o) / len(examples)  # open answers (math): 0
             common = dict(
-                power_alpha=alpha, max_new_tokens=T, power_block_size=max(1, T // 8), generation_batch_size=rows
+                power_alpha=arm.alpha,
+                max_new_tokens=arm.T,
+                power_block_size=max(1, arm.T // 8),
+                generation_batch_size=arm.rows,
             )
-            label = f"{model} {task}/{split}[{len(examples)}] T={T}"
+            label = f"{arm.model} {arm.task}/{arm.split}[{len(examples)}] T={arm.T}"
             pilot_examples = examples[: min(8, len(examples))]
 
             def pilot_tokens(cfg: ProposalConfig) -> float:
-                samples = draw(runtime, cfg, pilot_examples, seed + 1)[0]
+                samples = draw(runtime, cfg, pilot_examples, arm.seed + 1)[0]
                 return sum(s.trace.cost.tokens_decoded for s in samples) / len(samples)
 
             def add(budget: int | None, name: str, cfg: ProposalConfig) -> dict[str, Any]:
-                samples, wall = draw(runtime, cfg, examples, seed)
+                samples, wall = draw(runtime, cfg, examples, arm.seed)
                 traces = [s.trace for s in samples]
                 k = sum(s.reward for s in samples)
                 row = {
@@ -181,7 +197,7 @@ def backend_rows(
                     "accuracy": round(k / len(samples), 4),
                     "accuracy_ci95": wilson(k, len(samples)),
                     "chance": round(chance, 4),
-                    "mean_alpha_logp": round(sum(alpha * t.sum_logp for t in traces) / len(traces), 3),
+                    "mean_alpha_logp": round(sum(arm.alpha * t.sum_logp for t in traces) / len(traces), 3),
                     "mean_logp": round(sum(t.sum_logp for t in traces) / len(traces), 3),
                     "tokens_per_sample": round(sum(t.cost.tokens_decoded for t in traces) / len(traces), 1),
                     "wall_s_per_sample": round(wall / len(traces), 4),
@@ -197,15 +213,15 @@ def backend_rows(
                 return row
 
             draw(
-                runtime, ProposalConfig(proposal="ancestral", **common), examples[:rows], seed + 2
+                runtime, ProposalConfig(proposal="ancestral", **common), examples[: arm.rows], arm.seed + 2
             )  # warm-up, untimed
             base = add(None, "ancestral (tau 1)", ProposalConfig(proposal="ancestral", **common))
             low = add(
                 None,
                 "low temperature (tau 1/alpha)",
-                ProposalConfig(proposal="ancestral", temperature=1 / alpha, **common),
+                ProposalConfig(proposal="ancestral", temperature=1 / arm.alpha, **common),
             )
-            for K in multiples:
+            for K in arm.multiples:
                 budget = K * base["tokens_per_sample"]  # K ancestral samples' worth of decoded tokens
                 add(K, f"best-of-{K}", ProposalConfig(proposal="best_of_n", best_of_n=K, **common))
                 for cut in ("uniform", "entropy"):
@@ -221,10 +237,10 @@ def backend_rows(
                     f"power_smc ({particles} particles)",
                     ProposalConfig(proposal="power_smc", smc_particles=particles, **common),
                 )
-            latency = examples[: min(latency_n, len(examples))]
+            latency = examples[: min(arm.latency_n, len(examples))]
             for row, cfg in zip(out_rows, configs, strict=True):  # one question per call: its own batch width
                 one = replace(cfg, generation_batch_size=width(cfg))
-                row["latency_s"] = round(draw(runtime, one, latency, seed)[1] / len(latency), 4)
+                row["latency_s"] = round(draw(runtime, one, latency, arm.seed)[1] / len(latency), 4)
                 print({"sampler": row["sampler"], "latency_s": row["latency_s"]}, flush=True)
         finally:
             runtime.close()
