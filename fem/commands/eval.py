@@ -12,6 +12,7 @@ from fem.drawing import ProposalDrawer
 from fem.errors import ConfigError
 from fem.eval.evaluate import EvalProgress, eval_examples, evaluate, to_prediction
 from fem.eval.scaling import temperature_scaling_metrics
+from fem.mstep.adapters import ADAPTER_CONFIG
 from fem.preflight import Preflight, backend_plan, preflight, print_plan
 from fem.proposals import build_proposal
 from fem.recipe import parse_configs
@@ -59,7 +60,7 @@ def sized_for_adapter(configs: Configs, adapter: str) -> Configs:
     their last name component, as vLLM wraps them): an engine that serves adapters as LoRA layers
     (``vllm_adapter_mode: lora``) is built for those, not for the recipe's, so an adapter trained with another rank
     or targets still loads. A regex ``target_modules`` keeps the recipe's targets."""
-    saved = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))
+    saved = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     targets = saved.get("target_modules")
     if isinstance(targets, list) and targets:
         targets = sorted({str(t).rpartition(".")[2] for t in targets})
